@@ -1,0 +1,2 @@
+/** hmm-emu: the public API. Each layer is also available as a subpath (`hmm-emu/sim`, ...). */
+export * from './sim/index.js';
