@@ -1,2 +1,4 @@
 /** hmm-emu: the public API. Each layer is also available as a subpath (`hmm-emu/sim`, ...). */
 export * from './sim/index.js';
+export * from './notifier/index.js';
+export * from './mm/index.js';

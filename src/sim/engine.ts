@@ -398,14 +398,16 @@ export class Engine {
 
   /**
    * might_sleep(): the current task is about to reach a scheduling point. Fails the run if it
-   * is in atomic or non-blocking context. Returns null after the run has ended (the caller
+   * is in atomic or non-blocking context. `what(arg)` names the call in the report (`arg` is
+   * separate so that hot paths build no string). Returns null after the run has ended (the caller
    * then parks forever).
    */
-  mightSleep(what: string): Task | null {
+  mightSleep(what: string, arg?: string): Task | null {
     if (this.stopped) return null;
-    const cur = this.requireTask(what);
+    const cur = this.cur ?? this.requireTask(arg === undefined ? what : `${what}(${arg})`);
     if (cur.atomic > 0) {
-      this.bug(new AtomicSleepError(`BUG: sleeping function called from invalid context: ${what} in task ${cur.name} inside ${cur.atomicWhy.join(' > ')}`));
+      const call = arg === undefined ? what : `${what}(${arg})`;
+      this.bug(new AtomicSleepError(`BUG: sleeping function called from invalid context: ${call} in task ${cur.name} inside ${cur.atomicWhy.join(' > ')}`));
     }
     return cur;
   }

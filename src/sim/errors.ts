@@ -26,6 +26,7 @@ export const ENODEV = 19;
 export const EINVAL = 22;
 export const ENOSPC = 28;
 export const EDEADLK = 35;
+export const EOVERFLOW = 75;
 export const ETIMEDOUT = 110;
 
 const ERRNO_NAMES: Readonly<Record<number, string>> = {
@@ -44,6 +45,7 @@ const ERRNO_NAMES: Readonly<Record<number, string>> = {
   [EINVAL]: 'EINVAL',
   [ENOSPC]: 'ENOSPC',
   [EDEADLK]: 'EDEADLK',
+  [EOVERFLOW]: 'EOVERFLOW',
   [ETIMEDOUT]: 'ETIMEDOUT',
 };
 

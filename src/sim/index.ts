@@ -15,6 +15,7 @@ export {
   EINVAL,
   ENOSPC,
   EDEADLK,
+  EOVERFLOW,
   ETIMEDOUT,
   errnoName,
   isErr,

@@ -72,7 +72,12 @@ export class Lockdep {
   /** Removes `lock` from the held stack (any position: locks need not be released in order). */
   release(task: LockdepTask, lock: Lockable): void {
     const held = task.held;
-    for (let i = held.length - 1; i >= 0; i--) {
+    const top = held.length - 1;
+    if (top >= 0 && held[top]!.lock === lock) {
+      held.pop(); // the common, nested case
+      return;
+    }
+    for (let i = top - 1; i >= 0; i--) {
       if (held[i]!.lock === lock) {
         held.splice(i, 1);
         return;

@@ -35,6 +35,7 @@ function ownerName(t: Task | null): string {
 export class SpinLock implements Lockable {
   readonly lockClass: LockClass;
   private owner: Task | null = null;
+  private readonly atomicWhy: string;
 
   constructor(
     readonly engine: Engine,
@@ -43,12 +44,13 @@ export class SpinLock implements Lockable {
   ) {
     checkName('SpinLock', name);
     this.lockClass = engine.lockdep.classFor(opts.lockClass ?? name);
+    this.atomicWhy = `spinlock ${name}`;
   }
 
   /** spin_lock. Synchronous; enters atomic context. */
   lock(subclass = 0): void {
     const e = this.engine;
-    const cur = e.requireTask(`spin_lock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`spin_lock(${this.name})`);
     const cls = subclass === 0 ? this.lockClass : e.lockdep.classFor(this.lockClass.name, subclass);
     try {
       e.lockdep.acquire(cur, this, cls, 'exclusive', false);
@@ -60,18 +62,18 @@ export class SpinLock implements Lockable {
       e.bug(new KernelBug(`BUG: spinlock "${this.name}" ${this.owner === cur ? 'recursion' : `held by ${this.owner.name} across a scheduling point`} (task ${cur.name})`));
     }
     this.owner = cur;
-    e.enterAtomic(`spinlock ${this.name}`);
+    e.enterAtomic(this.atomicWhy);
     if (e.trace.active) e.trace.emit('lock.acquire', { task: cur.id, lock: this.name, mode: 'exclusive', trylock: false });
   }
 
   /** spin_trylock. */
   trylock(): boolean {
     const e = this.engine;
-    const cur = e.requireTask(`spin_trylock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`spin_trylock(${this.name})`);
     if (this.owner !== null) return false;
     e.lockdep.acquire(cur, this, this.lockClass, 'exclusive', true);
     this.owner = cur;
-    e.enterAtomic(`spinlock ${this.name}`);
+    e.enterAtomic(this.atomicWhy);
     if (e.trace.active) e.trace.emit('lock.acquire', { task: cur.id, lock: this.name, mode: 'exclusive', trylock: true });
     return true;
   }
@@ -79,7 +81,7 @@ export class SpinLock implements Lockable {
   /** spin_unlock. */
   unlock(): void {
     const e = this.engine;
-    const cur = e.requireTask(`spin_unlock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`spin_unlock(${this.name})`);
     if (this.owner !== cur) e.bug(new LockdepError(`bad unlock balance: task ${cur.name} unlocks spinlock "${this.name}" held by ${ownerName(this.owner)}`));
     e.lockdep.release(cur, this);
     this.owner = null;
@@ -121,9 +123,9 @@ export class Mutex implements Lockable, Waitable {
   /** mutex_lock: a scheduling point, then acquire or block. `subclass` as mutex_lock_nested. */
   async lock(subclass = 0): Promise<void> {
     const e = this.engine;
-    if (e.mightSleep(`mutex_lock(${this.name})`) === null) return new Promise<never>(() => {});
+    if (e.mightSleep('mutex_lock', this.name) === null) return new Promise<never>(() => {});
     await e.yield();
-    const cur = e.requireTask(`mutex_lock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`mutex_lock(${this.name})`);
     const cls = subclass === 0 ? this.lockClass : e.lockdep.classFor(this.lockClass.name, subclass);
     try {
       e.lockdep.acquire(cur, this, cls, 'exclusive', false);
@@ -144,7 +146,7 @@ export class Mutex implements Lockable, Waitable {
   /** mutex_trylock: not a scheduling point. */
   trylock(): boolean {
     const e = this.engine;
-    const cur = e.requireTask(`mutex_trylock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`mutex_trylock(${this.name})`);
     if (this.owner !== null) return false;
     e.lockdep.acquire(cur, this, this.lockClass, 'exclusive', true);
     this.owner = cur;
@@ -155,7 +157,7 @@ export class Mutex implements Lockable, Waitable {
   /** mutex_unlock: hands the mutex to the first waiter. Not a scheduling point. */
   unlock(): void {
     const e = this.engine;
-    const cur = e.requireTask(`mutex_unlock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`mutex_unlock(${this.name})`);
     if (this.owner !== cur) e.bug(new LockdepError(`bad unlock balance: task ${cur.name} unlocks mutex "${this.name}" held by ${ownerName(this.owner)}`));
     e.lockdep.release(cur, this);
     if (e.trace.active) e.trace.emit('lock.release', { task: cur.id, lock: this.name });
@@ -205,21 +207,20 @@ export class RwSemaphore implements Lockable, Waitable {
   }
 
   /** down_read. */
-  async downRead(): Promise<void> {
-    await this.acquire(false);
+  downRead(): Promise<void> {
+    return this.acquire(false);
   }
 
   /** down_write. */
-  async downWrite(): Promise<void> {
-    await this.acquire(true);
+  downWrite(): Promise<void> {
+    return this.acquire(true);
   }
 
   private async acquire(write: boolean): Promise<void> {
     const e = this.engine;
-    const what = `${write ? 'down_write' : 'down_read'}(${this.name})`;
-    if (e.mightSleep(what) === null) return new Promise<never>(() => {});
+    if (e.mightSleep(write ? 'down_write' : 'down_read', this.name) === null) return new Promise<never>(() => {});
     await e.yield();
-    const cur = e.requireTask(what);
+    const cur = e.current ?? e.requireTask(`${write ? 'down_write' : 'down_read'}(${this.name})`);
     try {
       e.lockdep.acquire(cur, this, this.lockClass, write ? 'exclusive' : 'shared', false);
     } catch (err) {
@@ -241,7 +242,7 @@ export class RwSemaphore implements Lockable, Waitable {
   /** down_read_trylock: fails if a writer holds it or anyone waits (as the kernel's). */
   tryDownRead(): boolean {
     const e = this.engine;
-    const cur = e.requireTask(`down_read_trylock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`down_read_trylock(${this.name})`);
     if (this.writer !== null || this.waiters.length > 0) return false;
     e.lockdep.acquire(cur, this, this.lockClass, 'shared', true);
     this.readers.push(cur);
@@ -252,7 +253,7 @@ export class RwSemaphore implements Lockable, Waitable {
   /** down_write_trylock. */
   tryDownWrite(): boolean {
     const e = this.engine;
-    const cur = e.requireTask(`down_write_trylock(${this.name})`);
+    const cur = e.current ?? e.requireTask(`down_write_trylock(${this.name})`);
     if (this.writer !== null || this.readers.length > 0 || this.waiters.length > 0) return false;
     e.lockdep.acquire(cur, this, this.lockClass, 'exclusive', true);
     this.writer = cur;
@@ -263,11 +264,13 @@ export class RwSemaphore implements Lockable, Waitable {
   /** up_read. */
   upRead(): void {
     const e = this.engine;
-    const cur = e.requireTask(`up_read(${this.name})`);
-    const i = this.readers.indexOf(cur);
+    const cur = e.current ?? e.requireTask(`up_read(${this.name})`);
+    const rs = this.readers;
+    const i = rs.length > 0 && rs[rs.length - 1] === cur ? rs.length - 1 : rs.indexOf(cur);
     if (i < 0) e.bug(new LockdepError(`bad unlock balance: task ${cur.name} up_read("${this.name}") without holding it for read (holders: ${this.describeHolders()})`));
     e.lockdep.release(cur, this);
-    this.readers.splice(i, 1);
+    if (i === rs.length - 1) rs.pop();
+    else rs.splice(i, 1);
     if (e.trace.active) e.trace.emit('lock.release', { task: cur.id, lock: this.name });
     this.grant();
   }
@@ -275,7 +278,7 @@ export class RwSemaphore implements Lockable, Waitable {
   /** up_write. */
   upWrite(): void {
     const e = this.engine;
-    const cur = e.requireTask(`up_write(${this.name})`);
+    const cur = e.current ?? e.requireTask(`up_write(${this.name})`);
     if (this.writer !== cur) e.bug(new LockdepError(`bad unlock balance: task ${cur.name} up_write("${this.name}") without holding it for write (holders: ${this.describeHolders()})`));
     e.lockdep.release(cur, this);
     this.writer = null;
@@ -286,7 +289,7 @@ export class RwSemaphore implements Lockable, Waitable {
   /** downgrade_write: the writer becomes a reader; queued readers at the head join it. */
   downgradeWrite(): void {
     const e = this.engine;
-    const cur = e.requireTask(`downgrade_write(${this.name})`);
+    const cur = e.current ?? e.requireTask(`downgrade_write(${this.name})`);
     if (this.writer !== cur) e.bug(new KernelBug(`downgrade_write("${this.name}") by ${cur.name}, which does not hold it for write`));
     e.lockdep.release(cur, this);
     e.lockdep.acquire(cur, this, this.lockClass, 'shared', true);
