@@ -2,7 +2,8 @@
 export * from './constants.js';
 export { PhysMem } from './phys.js';
 export type { PhysMemOptions, PagemapFrames } from './phys.js';
-export { PageTable, PteTable } from './pagetable.js';
+export { PageTable, PteTable, pteNone, ptePresent, pteWrite, pteKind, isSwapEntry, VPN_LIMIT } from './pagetable.js';
+export type { LeafFn } from './pagetable.js';
 export { MmStruct, createMm, zapRange, withInvalidation, vpnOf } from './mm.js';
 export type { MmOptions, MmStats } from './mm.js';
 export { Vma, VmaList } from './vma.js';

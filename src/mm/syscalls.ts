@@ -255,10 +255,11 @@ export async function mprotect(mm: MmStruct, addr: number, length: number, prot:
         const first = firstPopulatedPud(mm, s, e);
         if (first !== null) spans.push([first, e]);
       });
+      // mprotect_fixup sets the new flags before change_protection: callbacks see them.
+      vma.flags = newFlags;
       for (const [s, e] of spans) {
         await withInvalidation(mm, MMU_NOTIFY_PROTECTION_VMA, s, e, null, () => changePteRange(mm, vma, s, e, newFlags));
       }
-      vma.flags = newFlags;
     }
     for (const vma of pieces) if (mm.vmas.all.includes(vma)) mm.vmas.mergeAround(vma);
     traceSyscall(mm, 'mprotect', addr, len, 0);
