@@ -2,3 +2,5 @@
 export * from './sim/index.js';
 export * from './notifier/index.js';
 export * from './mm/index.js';
+export * from './hmm/index.js';
+export * from './device/index.js';

@@ -131,6 +131,7 @@ function faultSync(mm: MmStruct, addr: number, write: boolean): number {
       }
       const page = phys.allocPage();
       if (page < 0) return -ENOMEM;
+      vma.anonVma = true;
       phys.flags[page]! |= PG_ANON;
       phys.incMapcount(page);
       setPte(mm, addr, page, PTE_PRESENT | PTE_WRITE | PTE_DIRTY | PTE_ACCESSED, 'fault-anon');
@@ -170,7 +171,10 @@ async function faultSleeping(mm: MmStruct, addr: number, write: boolean): Promis
   const bits = pt.bitsAt(vpn);
   const pfn = pt.pfnAt(vpn);
   mm.ptl.unlock();
-  if (bits & PTE_PRESENT) return wpPageCopy(mm, addr, pfn, bits);
+  if (bits & PTE_PRESENT) {
+    vma.anonVma = true; // anon_vma_prepare before the COW copy
+    return wpPageCopy(mm, addr, pfn, bits);
+  }
   const kind = bits & PTE_KIND_MASK;
   if (kind === PTE_SWP_MIGRATION) {
     // migration_entry_wait: sleep until the migrator unlocks the page, then retry.

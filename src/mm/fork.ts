@@ -4,11 +4,12 @@
  * Models: kernel/fork.c (dup_mmap), mm/memory.c (copy_page_range, copy_present_pte,
  * copy_nonpresent_pte), mm/mmap.c (exit_mmap).
  *
- * fork takes the parent's mmap_lock for write. For each private writable (COW) VMA with page
- * tables, the parent's entries are write-protected inside a PROTECTION_PAGE invalidation of
- * the VMA (as copy_page_range does), and parent and child share every page read-only until
- * one of them writes (do_wp_page copies, or reuses when it is the last user). Shared VMAs
- * share their shmem object and keep their permissions. Device-private entries are shared the
+ * fork takes the parent's mmap_lock for write. Only VMAs with an anon_vma are copied
+ * (vma_needs_copy): for each private writable (COW) one, the parent's entries are
+ * write-protected inside a PROTECTION_PAGE invalidation of the VMA (as copy_page_range does),
+ * and parent and child share every page read-only until one of them writes (do_wp_page copies,
+ * or reuses when it is the last user). Shared VMAs share their shmem object; the child faults
+ * its pages in from it. Device-private entries are shared the
  * same way (read-only when COW); device-exclusive entries are restored first (as
  * try_restore_exclusive_pte). The child is a new mm with no notifiers; its own locks are not
  * taken, since no one else can see it yet.
@@ -105,7 +106,10 @@ export async function fork(parent: MmStruct, opts: MmOptions = {}): Promise<MmSt
     const child = new MmStruct(parent.engine, parent.phys, opts, parent);
     for (const vma of parent.vmas.all) {
       child.vmas.insert(vma.clone(vma.start, vma.end));
-      if (!parent.pgtable.hasLeaves(vpnOf(vma.start), vpnOf(vma.end))) continue;
+      // vma_needs_copy: only VMAs with an anon_vma have page tables worth copying; shared
+      // (shmem) VMAs and never-written private ones refault in the child from their object or
+      // the zero page.
+      if (!vma.anonVma) continue;
       if (vma.cow) {
         await withInvalidation(parent, MMU_NOTIFY_PROTECTION_PAGE, vma.start, vma.end, null, () => copyRange(parent, child, vma));
       } else {
@@ -131,9 +135,12 @@ export async function exitMm(mm: MmStruct): Promise<void> {
   await mmuNotifierRelease(mm);
   await mm.mmapLock.downRead();
   try {
-    await withInvalidation(mm, MMU_NOTIFY_UNMAP, 0, ULONG_MAX_ADDR, null, () => {
-      for (const vma of mm.vmas.all) zapRange(mm, vma.start, vma.end);
-    });
+    // exit_mmap returns before unmap_vmas when there is no VMA.
+    if (mm.vmas.length > 0) {
+      await withInvalidation(mm, MMU_NOTIFY_UNMAP, 0, ULONG_MAX_ADDR, null, () => {
+        for (const vma of mm.vmas.all) zapRange(mm, vma.start, vma.end);
+      });
+    }
   } finally {
     mm.mmapLock.upRead();
   }
@@ -159,7 +166,6 @@ export async function oomReapTaskMm(mm: MmStruct): Promise<number> {
   try {
     for (const vma of mm.vmas.all) {
       if (vma.shared) continue;
-      if (!mm.pgtable.hasLeaves(vpnOf(vma.start), vpnOf(vma.end))) continue;
       const range = mmuNotifierRangeInitOwner(MMU_NOTIFY_UNMAP, 0, mm, vma.start, vma.end, null);
       mm.stats.invalidations++;
       if ((await mmuNotifierInvalidateRangeStartNonblock(range)) !== 0) {

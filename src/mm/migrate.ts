@@ -27,13 +27,17 @@ declare module '../sim/trace.js' {
   }
 }
 
-function movable(mm: MmStruct, bits: number, pfn: number): boolean {
+/**
+ * A page we may move: anonymous, not pinned, mapped once, and referenced only by that mapping
+ * plus `extraRefs` (the reference we hold while migrating).
+ */
+function movable(mm: MmStruct, bits: number, pfn: number, extraRefs: number): boolean {
   const p = mm.phys;
   return (
     (bits & (PTE_PRESENT | PTE_ZERO | PTE_PROTNONE)) === PTE_PRESENT &&
     (p.flags[pfn]! & (PG_ANON | PG_PINNED)) === PG_ANON &&
     p.mapcount[pfn] === 1 &&
-    p.refcount[pfn] === 1
+    p.refcount[pfn] === 1 + extraRefs
   );
 }
 
@@ -60,16 +64,24 @@ export async function migratePages(mm: MmStruct, start: number, end: number): Pr
         const vpn = vpnOf(addr);
         const bits = pt.bitsAt(vpn);
         const old = pt.pfnAt(vpn);
-        if (!movable(mm, bits, old) || !phys.trylockPage(old)) continue;
+        if (!movable(mm, bits, old, 0)) continue;
+        // Isolate: our own reference keeps the page alive (and lockable) even if the mapping
+        // is zapped while we sleep in the invalidation, as folio_isolate_lru does.
+        phys.getPage(old);
+        if (!phys.trylockPage(old)) {
+          phys.putPage(old);
+          continue;
+        }
         // Unmap: the PTE becomes a migration entry; the mapping's reference passes to us.
         const unmapped = await withInvalidation(mm, MMU_NOTIFY_CLEAR, addr, addr + PAGE_SIZE, null, () => {
-          if (pt.bitsAt(vpn) !== bits || pt.pfnAt(vpn) !== old || !movable(mm, bits, old)) return false;
+          if (pt.bitsAt(vpn) !== bits || pt.pfnAt(vpn) !== old || !movable(mm, bits, old, 1)) return false;
           phys.decMapcount(old);
           pt.set(vpn, old, PTE_SWP_MIGRATION | (bits & PTE_WRITE));
           return true;
         });
         if (!unmapped) {
           phys.unlockPage(old);
+          phys.putPage(old);
           continue;
         }
         await mm.engine.yield();
@@ -90,9 +102,10 @@ export async function migratePages(mm: MmStruct, start: number, end: number): Pr
         }
         mm.ptl.unlock();
         phys.unlockPage(old); // faults waiting on the migration entry retry now
-        if (ok) phys.putPage(old);
+        if (ok) phys.putPage(old); // the mapping's reference, which the migration entry carried
         else if (fresh > 0) phys.putPage(fresh);
-        if (!stillOurs) phys.putPage(old); // zapped meanwhile: our reference was the last
+        if (!stillOurs) phys.putPage(old); // zapped meanwhile: the mapping's reference
+        phys.putPage(old); // our isolation reference
         if (ok) moved++;
         if (mm.engine.trace.active) mm.engine.trace.emit('mm.migrate', { mm: mm.id, addr, from: old, to: ok ? fresh : old, ok });
       }

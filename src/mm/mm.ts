@@ -205,9 +205,11 @@ export function forEachPgdSpan(start: number, end: number, fn: (s: number, e: nu
  */
 export function firstPopulatedPud(mm: MmStruct, s: number, e: number): number | null {
   for (let a = s; a < e; ) {
-    const next = Math.min(e, (Math.floor(a / PUD_SIZE) + 1) * PUD_SIZE);
-    if (mm.pgtable.hasLeaves(vpnOf(a), vpnOf(next))) return a;
-    a = next;
+    const pudStart = Math.floor(a / PUD_SIZE) * PUD_SIZE;
+    const pudEnd = pudStart + PUD_SIZE;
+    // pud_none looks at the whole 1 GiB entry: a neighbour's pages populate it for us too.
+    if (mm.pgtable.hasLeaves(vpnOf(pudStart), vpnOf(pudEnd))) return a;
+    a = Math.min(e, pudEnd);
   }
   return null;
 }

@@ -250,6 +250,7 @@ export async function mprotect(mm: MmStruct, addr: number, length: number, prot:
     const protFlags = protToVmFlags(prot);
     for (const vma of pieces) {
       const newFlags = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | protFlags;
+      if (newFlags === vma.flags) continue; // mprotect_fixup: nothing to change, no invalidation
       const spans: Array<[number, number]> = [];
       forEachPgdSpan(vma.start, vma.end, (s, e) => {
         const first = firstPopulatedPud(mm, s, e);
@@ -364,15 +365,16 @@ export async function mremap(mm: MmStruct, oldAddr: number, oldLen: number, newL
     }
     if (!(flags & MREMAP_MAYMOVE)) throw new KernelError(ENOMEM, `mremap: cannot grow [${hex(oldAddr)}, +${hex(olen)}) in place and MREMAP_MAYMOVE is not set`);
 
+    // mremap_to: the target is unmapped first, then the tail of a shrinking move.
     let moveLen = olen;
-    if (fixed && nlen < olen) {
-      await unmapRegion(mm, oldAddr + nlen, oldAddr + olen, false);
-      moveLen = nlen;
-    }
     let target: number;
     if (fixed) {
       target = newAddr;
       await unmapRegion(mm, target, target + nlen, false);
+      if (nlen < olen) {
+        await unmapRegion(mm, oldAddr + nlen, oldAddr + olen, false);
+        moveLen = nlen;
+      }
     } else {
       target = unmappedArea(mm, nlen);
       if (target < 0) throw new KernelError(ENOMEM, `mremap: no free range of ${hex(nlen)} bytes`);
@@ -382,14 +384,14 @@ export async function mremap(mm: MmStruct, oldAddr: number, oldLen: number, newL
     mm.vmas.splitAt(oldAddr + moveLen);
     const piece = mm.vmas.lookup(oldAddr)!;
     const moved = new Vma(target, target + nlen, piece.flags, piece.shmem, piece.shmem === null ? 0 : piece.pgoff);
+    moved.anonVma = piece.anonVma;
     piece.shmem?.get();
     if (moved.shmem !== null) moved.shmem.npages = Math.max(moved.shmem.npages, moved.pgoffOf(moved.end));
     await movePageTables(mm, oldAddr, target, moveLen);
-    if (!dontunmap) {
-      mm.vmas.remove(piece);
-      piece.shmem?.put();
-    }
     mm.vmas.insert(moved);
+    // move_vma -> unmap_source_vma: the old range goes through do_vmi_munmap (a second UNMAP,
+    // with nothing left to zap), unless MREMAP_DONTUNMAP keeps it mapped and empty.
+    if (!dontunmap) await unmapRegion(mm, oldAddr, oldAddr + moveLen, false);
     mm.vmas.mergeAround(moved);
     traceSyscall(mm, 'mremap', target, nlen, target);
     return target;

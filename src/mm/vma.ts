@@ -14,6 +14,11 @@ let nextVmaId = 1;
 /** struct vm_area_struct: [start, end) with flags; shared anonymous VMAs map a shmem object. */
 export class Vma {
   readonly id = nextVmaId++;
+  /**
+   * vma->anon_vma != NULL: the VMA has had anonymous pages (anon_vma_prepare at the first
+   * anonymous page). fork copies the page tables only of such VMAs (vma_needs_copy).
+   */
+  anonVma = false;
   constructor(
     public start: number,
     public end: number,
@@ -48,6 +53,7 @@ export class Vma {
 
   clone(start: number, end: number): Vma {
     const v = new Vma(start, end, this.flags, this.shmem, this.shmem === null ? 0 : this.pgoffOf(start));
+    v.anonVma = this.anonVma;
     this.shmem?.get();
     return v;
   }
@@ -157,6 +163,7 @@ export class VmaList {
     const prev = i > 0 ? this.list[i - 1]! : null;
     if (prev !== null && canMerge(prev, v)) {
       prev.end = v.end;
+      prev.anonVma ||= v.anonVma;
       this.remove(v);
       v.shmem?.put();
       v = prev;
@@ -165,6 +172,7 @@ export class VmaList {
     const next = this.list[j + 1] ?? null;
     if (next !== null && canMerge(v, next)) {
       v.end = next.end;
+      v.anonVma ||= next.anonVma;
       this.remove(next);
       next.shmem?.put();
     }
