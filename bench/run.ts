@@ -3,7 +3,7 @@
  * table and writes bench/results.json as [{ name, value, unit }]. Each workload reports the
  * best of several repetitions, after a warm-up, to keep one-off GC pauses out of the figure.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Table from 'cli-table3';
@@ -22,5 +22,8 @@ process.stdout.write(table.toString() + '\n');
 // Results land in the source tree's bench/ (this file runs from dist/bench/ when built).
 const here = dirname(fileURLToPath(import.meta.url));
 const out = here.includes(`${join('dist', 'bench')}`) ? join(here, '..', '..', 'bench', 'results.json') : join(here, 'results.json');
-writeFileSync(out, JSON.stringify(results, null, 2) + '\n');
+// A filtered run (npm run bench -- name) updates its entries and keeps the others.
+const previous: BenchResult[] = only.length > 0 && existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as BenchResult[]) : [];
+const merged = [...previous.filter((p) => !results.some((r) => r.name === p.name)), ...results];
+writeFileSync(out, JSON.stringify(merged, null, 2) + '\n');
 process.stdout.write(`wrote ${out}\n`);

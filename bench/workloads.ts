@@ -1,4 +1,5 @@
 /** Benchmark workloads. Each returns its figure; run.ts prints and saves them. */
+import { migrateWorkload } from './migrate-bench.js';
 import {
   Engine,
   MAP_ANONYMOUS,
@@ -180,3 +181,5 @@ workloads.push(
     },
   },
 );
+
+workloads.push(migrateWorkload);

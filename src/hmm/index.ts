@@ -53,3 +53,25 @@ export {
   hmmMirrorFault,
 } from './hmm2015.js';
 export type { HmmDeviceOps, HmmMirrorStats, HmmMirrorState } from './hmm2015.js';
+export {
+  MIGRATE_PFN_VALID,
+  MIGRATE_PFN_MIGRATE,
+  MIGRATE_PFN_WRITE,
+  MIGRATE_PFN_COMPOUND,
+  MIGRATE_PFN_SHIFT,
+  MIGRATE_VMA_SELECT_SYSTEM,
+  MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+  MIGRATE_VMA_SELECT_DEVICE_COHERENT,
+  MIGRATE_VMA_SELECT_COMPOUND,
+  migratePfn,
+  migratePfnToPfn,
+  MigrateVma,
+  migrateVmaSetup,
+  migrateVmaPages,
+  migrateVmaFinalize,
+  migrateDeviceRange,
+  migrateDevicePages,
+  migrateDeviceFinalize,
+} from './migrate.js';
+export type { MigrateVmaOptions } from './migrate.js';
+export { makeDeviceExclusive } from './exclusive.js';

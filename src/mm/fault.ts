@@ -22,6 +22,7 @@ import { EACCES, EFAULT, EINVAL, ENOMEM, KernelError } from '../sim/index.js';
 import {
   PAGE_SIZE,
   PG_ANON,
+  PG_DIRTY,
   PTE_ACCESSED,
   PTE_DIRTY,
   PTE_KIND_MASK,
@@ -248,7 +249,12 @@ async function restoreExclusive(mm: MmStruct, addr: number, pfn: number, bits: n
     await withInvalidation(mm, MMU_NOTIFY_EXCLUSIVE, addr, addr + PAGE_SIZE, null, () => {
       const pt = mm.pgtable;
       if (pt.bitsAt(vpn) !== bits || pt.pfnAt(vpn) !== pfn) return;
-      setPte(mm, addr, pfn, PTE_PRESENT | PTE_ACCESSED | (bits & PTE_WRITE ? PTE_WRITE | PTE_DIRTY : 0), 'restore-exclusive');
+      // restore_exclusive_pte: writable only if the VMA still is and the page is exclusively
+      // ours (can_change_pte_writable); dirty only if the page is; the entry starts old.
+      const vma = mm.vmas.lookup(addr);
+      const writable = vma !== null && vma.writable() && phys.mapcount[pfn] === 1 && phys.refcount[pfn]! <= 2;
+      const dirty = (phys.flags[pfn]! & PG_DIRTY) !== 0;
+      setPte(mm, addr, pfn, PTE_PRESENT | (writable ? PTE_WRITE : 0) | (dirty ? PTE_DIRTY : 0), 'restore-exclusive');
     });
   } finally {
     phys.unlockPage(pfn);

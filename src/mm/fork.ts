@@ -36,6 +36,7 @@ import {
 } from '../notifier/index.js';
 import { EAGAIN } from '../sim/index.js';
 import {
+  PAGE_SIZE,
   PTE_KIND_MASK,
   PTE_PRESENT,
   PTE_SWP_DEVICE_EXCLUSIVE,
@@ -45,6 +46,7 @@ import {
   PTE_ZERO,
 } from './constants.js';
 import { MmStruct, type MmOptions, vpnOf, withInvalidation, zapRange } from './mm.js';
+import { deviceRmapAdd } from './rmap.js';
 import type { Vma } from './vma.js';
 
 declare module '../sim/trace.js' {
@@ -76,6 +78,8 @@ function copyRange(parent: MmStruct, child: MmStruct, vma: Vma): void {
             phys.getPage(pfn);
             phys.incMapcount(pfn);
           }
+          // copy_nonpresent_pte: the child maps the device page too; record it for migration back.
+          deviceRmapAdd(phys, pfn, child, (base + i) * PAGE_SIZE);
           if (cow && b & PTE_WRITE) {
             b &= ~PTE_WRITE;
             bits[i] = b;

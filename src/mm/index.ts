@@ -14,3 +14,5 @@ export { handleMmFault, cpuRead, cpuWrite, cpuRead64, cpuWrite64, SegvError, FAU
 export { migratePages } from './migrate.js';
 export { isDevPagemap } from './pagemap.js';
 export type { VmFault, DevPagemapOps } from './pagemap.js';
+export { deviceRmapAdd, deviceRmapRemove, deviceRmapMappings, deviceRmapMapsPfn } from './rmap.js';
+export type { DeviceMapping } from './rmap.js';

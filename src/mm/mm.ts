@@ -41,6 +41,7 @@ import {
 } from './constants.js';
 import { PageTable, type PteTable } from './pagetable.js';
 import type { PhysMem } from './phys.js';
+import { deviceRmapRemove } from './rmap.js';
 import { VmaList } from './vma.js';
 
 declare module '../sim/trace.js' {
@@ -156,6 +157,7 @@ export function zapRange(mm: MmStruct, start: number, end: number): number {
       } else {
         const kind = b & PTE_KIND_MASK;
         if (kind === PTE_SWP_DEVICE_PRIVATE || kind === PTE_SWP_DEVICE_EXCLUSIVE) {
+          if (kind === PTE_SWP_DEVICE_PRIVATE) deviceRmapRemove(phys, pfn, mm, (base + i) * PAGE_SIZE);
           phys.decMapcount(pfn);
           phys.putPage(pfn);
         }

@@ -40,6 +40,7 @@ import {
   PTE_KIND_MASK,
   PTE_PRESENT,
   PTE_PROTNONE,
+  PTE_SWP_DEVICE_EXCLUSIVE,
   PTE_SWP_DEVICE_PRIVATE,
   PTE_SWP_MIGRATION,
   PTE_WRITE,
@@ -52,6 +53,7 @@ import {
   VM_WRITE,
 } from './constants.js';
 import { type MmStruct, firstPopulatedPud, forEachPgdSpan, vpnOf, withInvalidation, zapRange } from './mm.js';
+import { deviceRmapAdd, deviceRmapRemove } from './rmap.js';
 import { ShmemObject } from './shmem.js';
 import { VM_ANON_MAY, Vma } from './vma.js';
 
@@ -222,7 +224,7 @@ function changePteRange(mm: MmStruct, vma: Vma, s: number, e: number, newFlags: 
         }
       } else {
         const kind = b & PTE_KIND_MASK;
-        if (!writable && (kind === PTE_SWP_DEVICE_PRIVATE || kind === PTE_SWP_MIGRATION)) b &= ~PTE_WRITE;
+        if (!writable && (kind === PTE_SWP_DEVICE_PRIVATE || kind === PTE_SWP_MIGRATION || kind === PTE_SWP_DEVICE_EXCLUSIVE)) b &= ~PTE_WRITE;
       }
       bits[i] = b;
     }
@@ -314,7 +316,17 @@ async function movePageTables(mm: MmStruct, from: number, to: number, len: numbe
     // Clear first, then set: source and destination never overlap (checked by the caller).
     for (let k = 0; k < moves.length; k += 3) pt.clear(moves[k]!);
     const delta = vpnOf(to) - vpnOf(from);
-    for (let k = 0; k < moves.length; k += 3) pt.set(moves[k]! + delta, moves[k + 1]!, moves[k + 2]!);
+    for (let k = 0; k < moves.length; k += 3) {
+      const vpn = moves[k]!;
+      const pfn = moves[k + 1]!;
+      const bits = moves[k + 2]!;
+      pt.set(vpn + delta, pfn, bits);
+      if (!(bits & PTE_PRESENT)) {
+        // Device pages (device-private or under migration) are found through the reverse map.
+        deviceRmapRemove(mm.phys, pfn, mm, vpn * PAGE_SIZE);
+        deviceRmapAdd(mm.phys, pfn, mm, (vpn + delta) * PAGE_SIZE);
+      }
+    }
   });
 }
 

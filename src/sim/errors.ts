@@ -27,6 +27,7 @@ export const EINVAL = 22;
 export const ENOSPC = 28;
 export const EDEADLK = 35;
 export const EOVERFLOW = 75;
+export const EOPNOTSUPP = 95;
 export const ETIMEDOUT = 110;
 
 const ERRNO_NAMES: Readonly<Record<number, string>> = {
@@ -46,6 +47,7 @@ const ERRNO_NAMES: Readonly<Record<number, string>> = {
   [ENOSPC]: 'ENOSPC',
   [EDEADLK]: 'EDEADLK',
   [EOVERFLOW]: 'EOVERFLOW',
+  [EOPNOTSUPP]: 'EOPNOTSUPP',
   [ETIMEDOUT]: 'ETIMEDOUT',
 };
 

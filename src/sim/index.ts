@@ -16,6 +16,7 @@ export {
   ENOSPC,
   EDEADLK,
   EOVERFLOW,
+  EOPNOTSUPP,
   ETIMEDOUT,
   errnoName,
   isErr,
