@@ -265,6 +265,8 @@ export async function mprotect(mm: MmStruct, addr: number, length: number, prot:
       }
     }
     for (const vma of pieces) if (mm.vmas.all.includes(vma)) mm.vmas.mergeAround(vma);
+    // A piece absorbed by its left neighbour never had its right edge checked: the range's end.
+    mm.vmas.mergeBoundary(end);
     traceSyscall(mm, 'mprotect', addr, len, 0);
     return 0;
   } finally {

@@ -179,6 +179,17 @@ export class VmaList {
     return v;
   }
 
+  /** Merges the VMA ending at `addr` with the one starting there, if they are compatible. */
+  mergeBoundary(addr: number): void {
+    const right = this.lookup(addr);
+    const left = addr > 0 ? this.lookup(addr - 1) : null;
+    if (left === null || right === null || left === right || !canMerge(left, right)) return;
+    left.end = right.end;
+    left.anonVma ||= right.anonVma;
+    this.remove(right);
+    right.shmem?.put();
+  }
+
   /** Removes every VMA (exit). */
   clear(): Vma[] {
     const all = this.list;

@@ -140,6 +140,17 @@ describe('munmap, mprotect, madvise, mremap', () => {
     });
   });
 
+  it('mprotect merges the VMA after the range too, so a later mremap sees one mapping (regression)', async () => {
+    await inMm(async ({ mm }) => {
+      const a = 0x1000_0000;
+      await mmap(mm, a, 3 * P, RW, PRIV | MAP_FIXED);
+      await mprotect(mm, a, P, PROT_NONE);
+      await mprotect(mm, a, 2 * P, RW);
+      expect(mm.vmas.all.map(String)).toEqual(['vma[0x10000000-0x10003000 rwp]']);
+      expect(await mremap(mm, a + P, 2 * P, 2 * P, MREMAP_MAYMOVE)).toBeGreaterThan(0);
+    });
+  });
+
   it('madvise(DONTNEED) zeroes private memory but shared memory keeps its contents', async () => {
     await inMm(async ({ mm }) => {
       const p = await mmap(mm, 0, P, RW, PRIV);
