@@ -42,6 +42,17 @@ import { type MmStruct, vpnOf, withInvalidation } from './mm.js';
 import { isDevPagemap } from './pagemap.js';
 import type { Vma } from './vma.js';
 
+declare module '../sim/trace.js' {
+  interface TraceEventMap {
+    /**
+     * A CPU access touched a frame: one event per page touched, emitted in the same synchronous
+     * step as the byte access (no scheduling point between the walk and the touch). `bytes` are
+     * the bytes read (load) or written (store), a copy owned by the event.
+     */
+    'cpu.access': { mm: number; task: string; addr: number; size: number; kind: 'load' | 'store'; pfn: number; bytes: Uint8Array };
+  }
+}
+
 /** A CPU access that the kernel would answer with a signal: SIGSEGV (EFAULT, EACCES) or SIGBUS. */
 export class SegvError extends KernelError {
   readonly signal: 'SIGSEGV' | 'SIGBUS';
@@ -240,7 +251,11 @@ async function wpPageCopy(mm: MmStruct, addr: number, oldPfn: number, oldBits: n
  */
 async function restoreExclusive(mm: MmStruct, addr: number, pfn: number, bits: number): Promise<number> {
   const phys = mm.phys;
+  // folio_try_get before folio_trylock: our reference keeps the page alive if the entry is
+  // zapped while we sleep in the invalidation (it would otherwise be freed while locked).
+  phys.getPage(pfn);
   if (!phys.trylockPage(pfn)) {
+    phys.putPage(pfn);
     await phys.waitOnPageLocked(pfn);
     return 0;
   }
@@ -258,6 +273,7 @@ async function restoreExclusive(mm: MmStruct, addr: number, pfn: number, bits: n
     });
   } finally {
     phys.unlockPage(pfn);
+    phys.putPage(pfn);
   }
   return 0;
 }
@@ -356,6 +372,7 @@ export async function cpuRead(mm: MmStruct, addr: number, len: number): Promise<
     const r = cpuResolve(mm, a, false);
     const pfn = typeof r === 'number' ? r : await r;
     mm.phys.readBytes(pfn, off, out, done, n);
+    if (mm.engine.trace.active) traceCpuAccess(mm, a, n, 'load', pfn, out, done);
     done += n;
   }
   return out;
@@ -373,6 +390,7 @@ export async function cpuWrite(mm: MmStruct, addr: number, data: Uint8Array): Pr
     const r = cpuResolve(mm, a, true);
     const pfn = typeof r === 'number' ? r : await r;
     mm.phys.writeBytes(pfn, off, data, done, n);
+    if (mm.engine.trace.active) traceCpuAccess(mm, a, n, 'store', pfn, data, done);
     done += n;
   }
 }
@@ -388,7 +406,9 @@ export async function cpuRead64(mm: MmStruct, addr: number): Promise<bigint> {
   await mm.engine.yield();
   const r = cpuResolve(mm, addr, false);
   const pfn = typeof r === 'number' ? r : await r;
-  return mm.phys.readU64(pfn, addr % PAGE_SIZE);
+  const v = mm.phys.readU64(pfn, addr % PAGE_SIZE);
+  if (mm.engine.trace.active && mm.engine.trace.wants('cpu.access')) traceCpuAccess(mm, addr, 8, 'load', pfn, u64Bytes(v), 0);
+  return v;
 }
 
 /** Writes the 8-byte word at `addr` (8-byte aligned). */
@@ -398,5 +418,22 @@ export async function cpuWrite64(mm: MmStruct, addr: number, value: bigint): Pro
   await mm.engine.yield();
   const r = cpuResolve(mm, addr, true);
   const pfn = typeof r === 'number' ? r : await r;
-  mm.phys.writeU64(pfn, addr % PAGE_SIZE, value < 0n || value > U64_MAX ? BigInt.asUintN(64, value) : value);
+  const v = value < 0n || value > U64_MAX ? BigInt.asUintN(64, value) : value;
+  mm.phys.writeU64(pfn, addr % PAGE_SIZE, v);
+  if (mm.engine.trace.active && mm.engine.trace.wants('cpu.access')) traceCpuAccess(mm, addr, 8, 'store', pfn, u64Bytes(v), 0);
+}
+
+/** Emits 'cpu.access' for `size` bytes of `buf` at `off` (copied) if anyone listens. */
+function traceCpuAccess(mm: MmStruct, addr: number, size: number, kind: 'load' | 'store', pfn: number, buf: Uint8Array, off: number): void {
+  const t = mm.engine.trace;
+  if (t.active && t.wants('cpu.access')) {
+    t.emit('cpu.access', { mm: mm.id, task: mm.engine.current?.name ?? '', addr, size, kind, pfn, bytes: buf.slice(off, off + size) });
+  }
+}
+
+/** The 8 little-endian bytes of a u64 (for the trace only). */
+function u64Bytes(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v, true);
+  return b;
 }

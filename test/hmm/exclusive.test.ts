@@ -286,3 +286,30 @@ describe('make_device_exclusive', () => {
     expect(r.failure).toBeInstanceOf(KernelBug);
   });
 });
+
+describe('restore of a device-exclusive entry racing a zap', () => {
+  it('holds a page reference across the restore, so a concurrent madvise(DONTNEED) never frees a locked page (regression)', async () => {
+    const { explore: exploreRuns, madvise, MADV_DONTNEED } = await import('../../src/index.js');
+    const result = await exploreRuns(
+      (engine) => {
+        const phys = new PhysMem(engine, { frames: 256, maxDeviceFrames: 0 });
+        const mm = createMm(engine, phys, { name: 'mm' });
+        engine.spawn('setup', async () => {
+          // A classic notifier that sleeps in its callbacks widens every invalidation window.
+          await mmuNotifierRegister(new MmuNotifier({ invalidateRangeStart: async () => (await engine.yield(), 0) }, 'slow'), mm);
+          const a = await mmap(mm, 0x1000_0000, P, RW, PRIV | 0x10);
+          await cpuWrite64(mm, a, 3n);
+          expect(await exclusive(mm, a, dev0)).toBeGreaterThan(0);
+          engine.spawn('reader', async () => {
+            await cpuRead64(mm, a);
+          });
+          engine.spawn('zapper', async () => {
+            await madvise(mm, a, P, MADV_DONTNEED);
+          });
+        });
+      },
+      { strategy: 'random', seed: 1, runs: 150 },
+    );
+    expect(result.firstFailure?.failure?.message ?? null).toBeNull();
+  });
+});
