@@ -4,3 +4,4 @@ export * from './notifier/index.js';
 export * from './mm/index.js';
 export * from './hmm/index.js';
 export * from './device/index.js';
+export * from './check/index.js';

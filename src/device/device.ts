@@ -71,13 +71,18 @@ declare module '../sim/trace.js' {
       stored: bigint | null;
     };
     /** A fault record was written (`dropped` false) or dropped for lack of room (`dropped` true). `address` is page aligned. */
-    'device.fault': { device: string; asid: number; engine: number; job: number; address: number; access: FaultAccess; seq: number; dropped: boolean };
+    'device.fault': { device: string; asid: number; engine: number; job: number; address: number; access: FaultAccess; recordSeq: number; dropped: boolean };
     /** replay(): `asid` null for all address spaces; `stalled` accesses released. */
     'device.replay': { device: string; asid: number | null; stalled: number };
     /** A job was killed by a cancel; `address` and `access` are what its DeviceFaultError names. */
     'device.cancel': { device: string; asid: number; job: number; address: number; access: FaultAccess };
     /** A TLB invalidation of [start, end) (addresses; [0, 2**48) with `all`) was issued or completed; `entries` dropped at completion. */
     'device.tlb_invalidate': { device: string; asid: number; start: number; end: number; all: boolean; phase: 'issued' | 'completed'; entries: number };
+    /**
+     * The page walker cached a translation in the TLB (a fill after a walk found a permitted
+     * entry; it may have evicted another entry of the set, which is not reported).
+     */
+    'device.tlb_fill': { device: string; asid: number; vpn: number; pfn: number; write: boolean; atomic: boolean };
     /** A device page-table entry was written. */
     'device.pt_map': { device: string; asid: number; vpn: number; pfn: number; write: boolean; atomic: boolean };
     /** Device page-table entries of [start, end) (addresses) were cleared; `pages` valid entries went. */
@@ -423,7 +428,7 @@ export class Device {
     else this.stats.faultsDropped++;
     const t = this.engine.trace;
     if (t.active && t.wants('device.fault')) {
-      t.emit('device.fault', { device: this.name, asid: job.as.asid, engine: job.engine, job: job.id, address: page, access: FAULT_ACCESS[access]!, seq, dropped: !ok });
+      t.emit('device.fault', { device: this.name, asid: job.as.asid, engine: job.engine, job: job.id, address: page, access: FAULT_ACCESS[access]!, recordSeq: seq, dropped: !ok });
     }
     this.irqPending = true;
     this.irqWq.wakeUp();

@@ -350,6 +350,10 @@ export class WarpContext {
       const pfn = pt.foundPfn;
       as.tlbState.fill(vpn, pfn, flags, missed);
       this.tlbHit = false;
+      const t = this.device.engine.trace;
+      if (t.active && t.wants('device.tlb_fill')) {
+        t.emit('device.tlb_fill', { device: this.device.name, asid: as.asid, vpn, pfn, write: (flags & DEV_PTE_WRITE) !== 0, atomic: (flags & DEV_PTE_ATOMIC) !== 0 });
+      }
       return pfn;
     }
     this.next = NEXT_FAULT;

@@ -57,6 +57,17 @@ import { deviceRmapAdd, deviceRmapRemove } from './rmap.js';
 import { ShmemObject } from './shmem.js';
 import { VM_ANON_MAY, Vma } from './vma.js';
 
+declare module '../sim/trace.js' {
+  interface TraceEventMap {
+    /**
+     * mremap's move_page_tables moved the entries of [from, from + len) to [to, to + len):
+     * emitted under the ptl, in the same synchronous step as the move (the contents move with
+     * their frames; the source range is empty after it).
+     */
+    'mm.move_ptes': { mm: number; from: number; to: number; len: number };
+  }
+}
+
 const KNOWN_MAP_FLAGS = MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
 const KNOWN_PROT = PROT_READ | PROT_WRITE | PROT_EXEC;
 
@@ -329,6 +340,8 @@ async function movePageTables(mm: MmStruct, from: number, to: number, len: numbe
         deviceRmapAdd(mm.phys, pfn, mm, (vpn + delta) * PAGE_SIZE);
       }
     }
+    const t = mm.engine.trace;
+    if (t.active && t.wants('mm.move_ptes')) t.emit('mm.move_ptes', { mm: mm.id, from, to, len });
   });
 }
 

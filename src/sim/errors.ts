@@ -87,7 +87,8 @@ export type SimErrorCode =
   | 'UNCONTROLLED_AWAIT'
   | 'RUNAWAY'
   | 'REPLAY_DIVERGED'
-  | 'TASK_CRASHED';
+  | 'TASK_CRASHED'
+  | 'COHERENCY_VIOLATION';
 
 /** Base of the bug classes: a violated contract that fails the run. */
 export abstract class SimError extends Error {

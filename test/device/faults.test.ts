@@ -159,7 +159,7 @@ describe('faults in the device', () => {
     const seqs: number[] = [];
     w.engine.trace.on('device.fault', (e: TraceEvent<'device.fault'>) => {
       if (e.dropped) overflows++;
-      seqs.push(e.seq);
+      seqs.push(e.recordSeq);
     });
     startDriver(w, as, seen);
     let sums: bigint[] = [];
