@@ -1,4 +1,5 @@
 /** Benchmark workloads. Each returns its figure; run.ts prints and saves them. */
+import { deviceWorkload } from './device-bench.js';
 import { migrateWorkload } from './migrate-bench.js';
 import {
   Engine,
@@ -182,4 +183,4 @@ workloads.push(
   },
 );
 
-workloads.push(migrateWorkload);
+workloads.push(migrateWorkload, deviceWorkload);
