@@ -1,29 +1,14 @@
 /** Device accesses read and write the real bytes of the frames their translations point to. */
 import { describe, expect, it } from 'vitest';
-import { EINVAL, Engine, KernelError, type RunResult } from '../../src/sim/index.js';
-import { PhysMem, ZERO_PFN } from '../../src/mm/index.js';
-import { DEV_PTE_ATOMIC, DEV_PTE_WRITE, Device, type DeviceOptions } from '../../src/device/index.js';
+import { EINVAL, KernelError } from '../../src/sim/index.js';
+import { ZERO_PFN } from '../../src/mm/index.js';
+import { DEV_PTE_ATOMIC, DEV_PTE_WRITE, type DeviceOptions } from '../../src/device/index.js';
+import { makeWorld, run, type World } from './helpers.js';
 
 const A = 0x40_0000; // a device virtual address, page aligned
 
-interface World {
-  readonly engine: Engine;
-  readonly phys: PhysMem;
-  readonly dev: Device;
-}
-
 function world(opts: DeviceOptions = {}): World {
-  const engine = new Engine();
-  const phys = new PhysMem(engine, { frames: 256, maxDeviceFrames: 1024 });
-  const dev = new Device(engine, phys, { memory: { frames: 64 }, ...opts });
-  return { engine, phys, dev };
-}
-
-async function run(w: World, body: () => Promise<void>): Promise<RunResult> {
-  w.engine.spawn('main', body);
-  const r = await w.engine.run();
-  if (!r.ok) throw r.failure;
-  return r;
+  return makeWorld({ frames: 256, deviceFrames: 64 }, opts);
 }
 
 async function rejection(p: Promise<unknown>): Promise<unknown> {

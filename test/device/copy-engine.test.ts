@@ -1,27 +1,12 @@
 /** The copy engine: latency + bandwidth in virtual time, one channel, real bytes. */
 import { describe, expect, it } from 'vitest';
-import { EINVAL, Engine, KernelError, type RunResult, type TraceEvent } from '../../src/sim/index.js';
-import { PhysMem, ZERO_PFN } from '../../src/mm/index.js';
-import { Device, DeviceCost, type DeviceOptions } from '../../src/device/index.js';
-
-interface World {
-  readonly engine: Engine;
-  readonly phys: PhysMem;
-  readonly dev: Device;
-}
+import { EINVAL, KernelError, type TraceEvent } from '../../src/sim/index.js';
+import { ZERO_PFN } from '../../src/mm/index.js';
+import { DeviceCost, type DeviceOptions } from '../../src/device/index.js';
+import { makeWorld, run, type World } from './helpers.js';
 
 function world(opts: DeviceOptions = {}): World {
-  const engine = new Engine();
-  const phys = new PhysMem(engine, { frames: 256, maxDeviceFrames: 256 });
-  const dev = new Device(engine, phys, { memory: { frames: 64 }, ...opts });
-  return { engine, phys, dev };
-}
-
-async function run(w: World, body: () => Promise<void>): Promise<RunResult> {
-  w.engine.spawn('main', body);
-  const r = await w.engine.run();
-  if (!r.ok) throw r.failure;
-  return r;
+  return makeWorld({ frames: 256, deviceFrames: 64 }, opts);
 }
 
 describe('copy engine', () => {

@@ -1,29 +1,14 @@
 /** The Device as a whole: configuration, device memory, jobs, statistics, trace, determinism. */
 import { describe, expect, it } from 'vitest';
-import { EBUSY, EFAULT, EINVAL, Engine, KernelError, type RunResult, type TraceEvent } from '../../src/sim/index.js';
+import { EBUSY, EFAULT, EINVAL, Engine, KernelError, type TraceEvent } from '../../src/sim/index.js';
 import { PAGE_SIZE, PhysMem, ZONE_DEVICE_COHERENT, ZONE_DEVICE_PRIVATE, type VmFault } from '../../src/mm/index.js';
 import { DEV_PTE_ATOMIC, DEV_PTE_WRITE, Device, type DeviceOptions } from '../../src/device/index.js';
+import { makeWorld, run, type World } from './helpers.js';
 
 const A = 0x2000_0000;
 
-interface World {
-  readonly engine: Engine;
-  readonly phys: PhysMem;
-  readonly dev: Device;
-}
-
 function world(opts: DeviceOptions = {}, strategy = 'fifo', seed = 0): World {
-  const engine = new Engine({ strategy, seed });
-  const phys = new PhysMem(engine, { frames: 512, maxDeviceFrames: 256 });
-  const dev = new Device(engine, phys, { memory: { frames: 32 }, ...opts });
-  return { engine, phys, dev };
-}
-
-async function run(w: World, body: () => Promise<void>): Promise<RunResult> {
-  w.engine.spawn('main', body);
-  const r = await w.engine.run();
-  if (!r.ok) throw r.failure;
-  return r;
+  return makeWorld({ frames: 512, deviceFrames: 32 }, opts, strategy, seed);
 }
 
 function einval(f: () => unknown): string {

@@ -1,38 +1,22 @@
 /** Faults: the fault buffer, overflow, the interrupt, replay and cancel, with a tiny driver. */
 import { describe, expect, it } from 'vitest';
-import { EFAULT, EINVAL, Engine, KernelError, type RunResult, type TraceEvent } from '../../src/sim/index.js';
-import { PAGE_SIZE, PhysMem } from '../../src/mm/index.js';
+import { EFAULT, EINVAL, KernelError, type TraceEvent } from '../../src/sim/index.js';
+import { PAGE_SIZE } from '../../src/mm/index.js';
 import {
   DEV_PTE_ATOMIC,
   DEV_PTE_WRITE,
-  Device,
   DeviceFaultError,
   type DeviceAddressSpace,
   type DeviceOptions,
   FaultBuffer,
   type FaultRecord,
 } from '../../src/device/index.js';
+import { makeWorld, run, type World } from './helpers.js';
 
 const A = 0x1000_0000;
 
-interface World {
-  readonly engine: Engine;
-  readonly phys: PhysMem;
-  readonly dev: Device;
-}
-
 function world(opts: DeviceOptions = {}, strategy = 'fifo', seed = 0): World {
-  const engine = new Engine({ strategy, seed });
-  const phys = new PhysMem(engine, { frames: 1024, maxDeviceFrames: 0 });
-  const dev = new Device(engine, phys, { memory: { frames: 0 }, ...opts });
-  return { engine, phys, dev };
-}
-
-async function run(w: World, body: () => Promise<void>): Promise<RunResult> {
-  w.engine.spawn('main', body);
-  const r = await w.engine.run();
-  if (!r.ok) throw r.failure;
-  return r;
+  return makeWorld({ frames: 1024, deviceFrames: 0 }, opts, strategy, seed);
 }
 
 /**

@@ -1,29 +1,14 @@
 /** The device TLB: set-associative LRU, stale entries until invalidated, asynchronous shootdown. */
 import { describe, expect, it } from 'vitest';
-import { EINVAL, Engine, KernelError, type RunResult, type TraceEvent } from '../../src/sim/index.js';
+import { EINVAL, Engine, KernelError, type TraceEvent } from '../../src/sim/index.js';
 import { PAGE_SIZE, PhysMem } from '../../src/mm/index.js';
 import { DEV_PTE_VALID, DEV_PTE_WRITE, Device, type DeviceOptions, Tlb } from '../../src/device/index.js';
+import { makeWorld, run, type World } from './helpers.js';
 
 const A = 0x40_0000;
 
-interface World {
-  readonly engine: Engine;
-  readonly phys: PhysMem;
-  readonly dev: Device;
-}
-
 function world(opts: DeviceOptions = {}): World {
-  const engine = new Engine();
-  const phys = new PhysMem(engine, { frames: 256, maxDeviceFrames: 0 });
-  const dev = new Device(engine, phys, { memory: { frames: 0 }, ...opts });
-  return { engine, phys, dev };
-}
-
-async function run(w: World, body: () => Promise<void>): Promise<RunResult> {
-  w.engine.spawn('main', body);
-  const r = await w.engine.run();
-  if (!r.ok) throw r.failure;
-  return r;
+  return makeWorld({ frames: 256, deviceFrames: 0 }, opts);
 }
 
 function entries(t: { forEach(fn: (vpn: number, pfn: number, flags: number) => void): void }): string[] {
