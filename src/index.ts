@@ -5,3 +5,4 @@ export * from './mm/index.js';
 export * from './hmm/index.js';
 export * from './device/index.js';
 export * from './check/index.js';
+export * from './scenario/index.js';

@@ -1,0 +1,31 @@
+/**
+ * The scenario catalogue: every scenario file of scenarios/, for the runner, the CLI and the
+ * tests. RACE_SCENARIOS are the races each broken driver of the catalogue is caught on.
+ */
+import type { Scenario } from 'hmm-emu';
+import { deviceFaultVsMunmap } from './device-fault-vs-munmap.js';
+import { deviceMigrationVsCpuFault } from './device-migration-vs-cpu-fault.js';
+import { deviceWriteVsMprotect } from './device-write-vs-mprotect.js';
+import { forkWhileMirrored } from './fork-while-mirrored.js';
+import { hmm2015FaultVsMunmap } from './hmm2015-fault-vs-munmap.js';
+import { invalidationOnNonBlockableRange } from './invalidation-on-non-blockable-range.js';
+
+export { deviceFaultVsMunmap, deviceMigrationVsCpuFault, deviceWriteVsMprotect, forkWhileMirrored, hmm2015FaultVsMunmap, invalidationOnNonBlockableRange };
+
+/** The race scenarios. */
+export const RACE_SCENARIOS: readonly Scenario[] = [
+  deviceFaultVsMunmap,
+  deviceWriteVsMprotect,
+  forkWhileMirrored,
+  deviceMigrationVsCpuFault,
+  invalidationOnNonBlockableRange,
+  hmm2015FaultVsMunmap,
+];
+
+/** Every scenario, in listing order. */
+export const SCENARIOS: readonly Scenario[] = [...RACE_SCENARIOS];
+
+/** The scenario named `name`, or undefined. */
+export function findScenario(name: string): Scenario | undefined {
+  return SCENARIOS.find((s) => s.name === name);
+}
