@@ -181,6 +181,12 @@ export interface RaceOptions {
   readonly jitterSteps?: number;
   /** Virtual ns a warp computes between two pages (spreads its accesses in time). Default 50. */
   readonly thinkNs?: number;
+  /**
+   * Called with each run's world as soon as it is built, before any task runs: where a test
+   * attaches an observer of the whole run, such as the coherency oracle of src/check
+   * (attachOracle), which must see the world from its first event. Default: none.
+   */
+  readonly onWorld?: (world: HarnessWorld) => void;
 }
 
 interface Resolved {
@@ -581,6 +587,7 @@ export function raceProgram(driver: DriverUnderTest, kase: RaceCase, options: Ra
     const mm = createMm(engine, phys, { name: 'proc' });
     const world: HarnessWorld = { engine, phys, mm };
     const run = new RaceRun(kase, driver.name, o, rules, world);
+    options.onWorld?.(world);
     if (o.oracle) attachOracle(run, mm);
     engine.spawn('main', async () => {
       const baseline = phys.usedSystemFrames();
