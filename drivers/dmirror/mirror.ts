@@ -258,6 +258,10 @@ export class Dmirror {
     await this.lifetime.downWrite();
     this.lifetime.upWrite();
     await mmuIntervalNotifierRemove(this.notifier);
+    // xa_destroy(&dmirror->pt): with the notifier gone nothing keeps the table right, so drop
+    // it (and the TLB) before device memory is evicted and its frames freed.
+    this.as.unmap(0, TASK_SIZE);
+    await this.mdevice.device.tlbInvalidateAll(this.as).wait();
     await this.mdevice.evictAll();
     this.mdevice.detach(this);
     this.mdevice.device.destroyAddressSpace(this.as);
