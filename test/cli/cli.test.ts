@@ -1,0 +1,144 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { type CliIo, runCli } from '../../src/cli/cli.js';
+import { bundledFrom } from '../../src/cli/load.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '..', '..');
+const fixture = (f: string): string => path.join(here, 'fixtures', f);
+
+/** runCli with the catalogue loaded from the source files and captured output. */
+async function cli(argv: string[], cwd = mkdtempSync(path.join(tmpdir(), 'hmm-emu-cli-'))): Promise<{ code: number; out: string; err: string; cwd: string }> {
+  let out = '';
+  let err = '';
+  const io: CliIo = {
+    stdout: (s) => (out += s),
+    stderr: (s) => (err += s),
+    cwd,
+    loadBundled: async () => bundledFrom(await import('../../scenarios/index.js'), await import('../../drivers/index.js')),
+    importModule: (p) => import(p) as Promise<Record<string, unknown>>,
+  };
+  const code = await runCli(argv, io);
+  return { code, out, err, cwd };
+}
+
+describe('hmm-emu list', () => {
+  it('lists scenarios with the drivers they apply to, and drivers with API and kind', async () => {
+    const r = await cli(['list', '--json']);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.out) as { scenarios: { name: string; tags: string[]; description: string; drivers: string[] }[]; drivers: { name: string; api: string; kind: string }[] };
+    expect(j.scenarios.map((s) => s.name)).toContain('device-fault-vs-munmap');
+    expect(j.scenarios.find((s) => s.name === 'hmm2015-fault-vs-munmap')!.drivers).toEqual(['hmm2015']);
+    expect(j.drivers.find((d) => d.name === 'dmirror')).toMatchObject({ api: 'modern', kind: 'reference' });
+    const text = await cli(['list']);
+    expect(text.code).toBe(0);
+    expect(text.out).toContain('device-write-vs-mprotect');
+  });
+});
+
+describe('hmm-emu run and replay', () => {
+  it('a failing run writes a replay file; replay reproduces the same failure exactly', async () => {
+    const r = await cli(['run', fixture('lost-update.ts'), '--driver', 'dmirror', '--seed', '0', '--json']);
+    expect(r.code).toBe(1);
+    const j = JSON.parse(r.out) as { verdict: string; summary: string; schedule: string; replay: string; replayCommand: string; steps: number };
+    expect(j.verdict).toBe('failed');
+    expect(j.replayCommand).toMatch(/^hmm-emu replay /);
+    const file = JSON.parse(readFileSync(j.replay, 'utf8')) as { scenario: string; driver: string; schedule: string };
+    expect(file).toMatchObject({ scenario: 'lost-update', driver: 'dmirror', schedule: j.schedule });
+    expect(readdirSync(r.cwd)).toEqual([path.basename(j.replay)]);
+    const again = await cli(['replay', path.basename(j.replay), '--json'], r.cwd);
+    expect(again.code).toBe(1);
+    const k = JSON.parse(again.out) as typeof j;
+    expect([k.verdict, k.summary, k.schedule, k.steps]).toEqual([j.verdict, j.summary, j.schedule, j.steps]);
+    const text = await cli(['replay', j.replay]);
+    expect(text.out).toContain('counter after two increments: expected 2, got 1');
+  });
+
+  it('a coherent run exits 0 and writes nothing', async () => {
+    const r = await cli(['run', 'device-write-vs-mprotect', '--driver', 'dmirror', '--seed', '3', '--strategy', 'pct:2']);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('device-write-vs-mprotect on dmirror: coherent');
+    expect(r.out).toContain('stats:');
+    expect(readdirSync(r.cwd)).toEqual([]);
+  });
+
+  it('bad input exits 2 naming what was wrong', async () => {
+    const cases: [string[], RegExp][] = [
+      [['run', 'no-such-scenario'], /unknown scenario "no-such-scenario"/],
+      [['run', 'device-write-vs-mprotect', '--driver', 'nope'], /unknown driver "nope"/],
+      [['run', 'device-write-vs-mprotect', '--seed', '-1'], /bad seed/],
+      [['run', 'device-write-vs-mprotect', '--seed', 'x'], /bad seed/],
+      [['run', 'device-write-vs-mprotect', '--strategy', 'lifo'], /bad strategy/],
+      [['run', 'hmm2015-fault-vs-munmap', '--driver', 'dmirror'], /does not apply to driver dmirror/],
+      [['run', fixture('malformed.ts')], /malformed\.ts failed to load/],
+      [['run', fixture('no-scenario.ts')], /no-scenario\.ts is malformed: it exports no scenario/],
+      [['run', fixture('missing.ts')], /missing\.ts does not exist/],
+      [['replay', 'missing.json'], /cannot read replay file .*missing\.json/],
+      [['check', '--driver', 'nope'], /unknown driver "nope"/],
+      [['nonsense'], /unknown command/],
+    ];
+    for (const [argv, msg] of cases) {
+      const r = await cli(argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err, argv.join(' ')).toMatch(msg);
+    }
+    const dir = mkdtempSync(path.join(tmpdir(), 'hmm-emu-cli-'));
+    writeFileSync(path.join(dir, 'bad.json'), '{"scenario": 1}');
+    writeFileSync(path.join(dir, 'notjson.json'), 'not json');
+    writeFileSync(path.join(dir, 'badsched.json'), JSON.stringify({ scenario: 'device-write-vs-mprotect', driver: 'dmirror', schedule: 'garbage' }));
+    expect(await cli(['replay', 'bad.json'], dir)).toMatchObject({ code: 2, err: expect.stringMatching(/malformed replay file .*bad\.json/) });
+    expect(await cli(['replay', 'notjson.json'], dir)).toMatchObject({ code: 2, err: expect.stringMatching(/cannot read replay file .*notjson\.json/) });
+    expect(await cli(['replay', 'badsched.json'], dir)).toMatchObject({ code: 2, err: expect.stringMatching(/badsched\.json: bad schedule/) });
+  });
+});
+
+describe('hmm-emu check', () => {
+  it('reports each pair with its expectation; a violating scenario fails the check with a replay file', async () => {
+    const r = await cli(['check', 'device-write-vs-mprotect', fixture('lost-update.ts'), '--driver', 'dmirror', '--schedules', '3', '--json']);
+    expect(r.code).toBe(1);
+    const rows = JSON.parse(r.out) as { scenario: string; driver: string; expect: string; verdict: string; schedules: number; replay?: string }[];
+    expect(rows.map((x) => [x.scenario, x.driver, x.expect, x.verdict])).toEqual([
+      ['device-write-vs-mprotect', 'dmirror', 'coherent', 'coherent'],
+      ['lost-update', 'dmirror', 'coherent', 'false-positive'],
+    ]);
+    expect(rows[0]!.schedules).toBe(6);
+    expect(rows[0]!.replay).toBeUndefined();
+    const again = await cli(['replay', rows[1]!.replay!], r.cwd);
+    expect(again.code).toBe(1);
+    expect(again.out).toContain('lost-update on dmirror: failed');
+  });
+
+  it('exits 0 when every pair meets its expectation, and prints a table', async () => {
+    const r = await cli(['check', 'device-write-vs-mprotect', '--schedules', '2']);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/device-write-vs-mprotect .* dmirror .* coherent/);
+    expect(r.out).toContain('as expected');
+  });
+});
+
+describe('the built binary', () => {
+  // dist/ is built by `prepare` (npm install / npm ci); build here only if it is missing.
+  it('list --json loads the catalogue from dist at run time', () => {
+    if (!existsSync(path.join(root, 'dist/scenarios/index.js'))) execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'pipe' });
+    const out = execFileSync(process.execPath, [path.join(root, 'dist/src/cli/main.js'), 'list', '--json'], { encoding: 'utf8' });
+    const j = JSON.parse(out) as { scenarios: { name: string }[]; drivers: { name: string }[] };
+    expect(j.scenarios.length).toBeGreaterThan(0);
+    expect(j.drivers.map((d) => d.name)).toContain('dmirror');
+  });
+
+  it('runs a .ts scenario file through tsx and exits 1 on its failure', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'hmm-emu-cli-'));
+    let code = 0;
+    try {
+      execFileSync(process.execPath, [path.join(root, 'dist/src/cli/main.js'), 'run', fixture('lost-update.ts'), '--seed', '0'], { cwd: dir, encoding: 'utf8', stdio: 'pipe' });
+    } catch (e) {
+      code = (e as { status: number }).status;
+    }
+    expect(code).toBe(1);
+    expect(readdirSync(dir)).toHaveLength(1);
+  });
+});
