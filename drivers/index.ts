@@ -30,6 +30,19 @@ import {
 import { Dmirror, DmirrorDevice, HMM_DMIRROR_MIGRATE_TO_DEV, HMM_DMIRROR_MIGRATE_TO_SYS } from './dmirror/index.js';
 import { Hmm2015Driver, type Hmm2015DriverOptions } from './hmm2015/index.js';
 import { MockGpu, type MockGpuOptions, MockGpuSvmm } from './mockgpu/index.js';
+import {
+  BUGGY_DRIVERS,
+  type DmirrorVariant,
+  LockAcrossFaultDmirror,
+  NoFaultStartDriver,
+  NoReadRetryDmirror,
+  NoTlbFlushDmirror,
+  OwnMigrateNoZapDmirror,
+  RetryOutsideLockDmirror,
+  SeqAfterWalkDmirror,
+  SleepNonblockableDmirror,
+  WritableAcrossForkDmirror,
+} from './buggy/index.js';
 
 /** Copies the options of `from` whose names are in `keys` (driver hints from a scenario's world). */
 function pick<T>(from: Readonly<Record<string, unknown>>, keys: readonly (keyof T & string)[]): Partial<T> {
@@ -154,13 +167,115 @@ export const mockgpuDriver: ScenarioDriver = {
   },
 };
 
+// ---- the broken drivers (drivers/buggy) ----
+
+/** The bound device of a DmirrorVariant (a broken dmirror of drivers/buggy, or its control). */
+export function boundFromDmirrorVariant(v: DmirrorVariant): BoundDevice {
+  return {
+    device: v.mdevice.device,
+    as: v.mirror.as,
+    notifierSubs: [v.mirror.notifier],
+    owner: v.mdevice.owner,
+    launch: (opts, kernel) => v.launch(opts, kernel),
+    commands: { migrateToDevice: (addr, npages) => v.deviceMigrate(addr, npages) },
+    stats: () => ({ ...v.mirror.stats }),
+    unbind: () => v.unbind(),
+  };
+}
+
+/**
+ * The scenarios that catch each broken driver (pct:3, within 1,000 schedules; asserted by
+ * test/scenario/buggy-drivers.test.ts), by catalogue id.
+ */
+const CAUGHT_BY: Readonly<Record<number, readonly string[]>> = {
+  1: ['device-fault-woken-munmap'],
+  2: ['device-fault-woken-munmap'],
+  3: ['two-table-fault-vs-madvise'],
+  4: ['device-fault-vs-munmap'],
+  5: ['oom-reaper-vs-device-fault'],
+  6: ['device-migration-vs-cpu-fault'],
+  7: ['fork-while-mirrored'],
+  8: ['fork-while-mirrored'],
+  9: ['hmm2015-fault-vs-munmap'],
+};
+
+/** Registry names of the catalogue's drivers, by class name. */
+const BUGGY_NAMES: Readonly<Record<string, string>> = {
+  NoReadRetryDmirror: 'dmirror-no-read-retry',
+  RetryOutsideLockDmirror: 'dmirror-retry-outside-lock',
+  SeqAfterWalkDmirror: 'dmirror-seq-after-walk',
+  NoTlbFlushDmirror: 'dmirror-no-tlb-flush',
+  SleepNonblockableDmirror: 'dmirror-sleep-nonblockable',
+  OwnMigrateNoZapDmirror: 'dmirror-own-migrate-no-zap',
+  LockAcrossFaultDmirror: 'dmirror-lock-across-fault',
+  WritableAcrossForkDmirror: 'dmirror-writable-across-fork',
+  NoFaultStartDriver: 'hmm2015-no-fault-start',
+};
+
+const VARIANT_CLASSES: Readonly<Record<string, typeof DmirrorVariant>> = {
+  NoReadRetryDmirror,
+  RetryOutsideLockDmirror,
+  SeqAfterWalkDmirror,
+  NoTlbFlushDmirror,
+  SleepNonblockableDmirror,
+  OwnMigrateNoZapDmirror,
+  LockAcrossFaultDmirror,
+  WritableAcrossForkDmirror,
+};
+
+function buggyDriver(id: number): ScenarioDriver {
+  const info = BUGGY_DRIVERS.find((b) => b.id === id)!;
+  const common = {
+    name: BUGGY_NAMES[info.name]!,
+    description: `drivers/buggy #${id} ${info.name}: ${info.reference} that ${info.bug}`,
+    kind: 'buggy' as const,
+    base: info.reference,
+    bug: info.bug,
+    caughtBy: CAUGHT_BY[id]!,
+  };
+  if (info.reference === 'hmm2015') {
+    return {
+      ...common,
+      api: '2015',
+      features: [],
+      async bind(req) {
+        const opts: Hmm2015DriverOptions = {
+          ...pick<Hmm2015DriverOptions>(req.options, ['faultWindowPages', 'batchSize', 'ptWriteNs']),
+          name: req.name,
+          device: { ...req.hardware, memory: { frames: 0 } },
+        };
+        const drv = await NoFaultStartDriver.bind(req.engine, req.phys, req.mm, opts);
+        return boundFromHmm2015(drv, req.mm);
+      },
+    };
+  }
+  const cls = VARIANT_CLASSES[info.name]!;
+  return {
+    ...common,
+    api: 'modern',
+    features: ['device-migration'],
+    async bind(req) {
+      const fw = req.options['faultWindowPages'];
+      const v = await cls.bind(req.engine, req.phys, req.mm, {
+        name: req.name,
+        deviceFrames: req.memoryFrames,
+        ...(typeof fw === 'number' ? { faultWindowPages: fw } : {}),
+      });
+      return boundFromDmirrorVariant(v);
+    },
+  };
+}
+
+/** The nine broken drivers of drivers/buggy, in catalogue order (kind 'buggy'). */
+export const BUGGY_SCENARIO_DRIVERS: readonly ScenarioDriver[] = BUGGY_DRIVERS.map((b) => buggyDriver(b.id));
+
 // ---- the registry ----
 
 /** The reference drivers (expected coherent in every scenario that applies to them). */
 export const REFERENCE_DRIVERS: readonly ScenarioDriver[] = [dmirrorDriver, hmm2015Driver, mockgpuDriver];
 
 /** Every driver known to scenarios. Broken drivers (drivers/buggy) join here. */
-export const ALL_DRIVERS: readonly ScenarioDriver[] = [...REFERENCE_DRIVERS];
+export const ALL_DRIVERS: readonly ScenarioDriver[] = [...REFERENCE_DRIVERS, ...BUGGY_SCENARIO_DRIVERS];
 
 /** The registry of drivers by name. */
 export const drivers: DriverRegistry = new DriverRegistry(ALL_DRIVERS);

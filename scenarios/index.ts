@@ -9,8 +9,28 @@ import { deviceWriteVsMprotect } from './device-write-vs-mprotect.js';
 import { forkWhileMirrored } from './fork-while-mirrored.js';
 import { hmm2015FaultVsMunmap } from './hmm2015-fault-vs-munmap.js';
 import { invalidationOnNonBlockableRange } from './invalidation-on-non-blockable-range.js';
+import { deviceFaultWokenMunmap } from './device-fault-woken-munmap.js';
+import { twoTableFaultVsMadvise } from './two-table-fault-vs-madvise.js';
+import { oomReaperVsDeviceFault } from './oom-reaper-vs-device-fault.js';
 
-export { deviceFaultVsMunmap, deviceMigrationVsCpuFault, deviceWriteVsMprotect, forkWhileMirrored, hmm2015FaultVsMunmap, invalidationOnNonBlockableRange };
+export {
+  deviceFaultVsMunmap,
+  deviceMigrationVsCpuFault,
+  deviceWriteVsMprotect,
+  forkWhileMirrored,
+  hmm2015FaultVsMunmap,
+  invalidationOnNonBlockableRange,
+  deviceFaultWokenMunmap,
+  twoTableFaultVsMadvise,
+  oomReaperVsDeviceFault,
+};
+
+/**
+ * Targeted races: each aims one CPU operation at the inside of a fault's service (or at a busy
+ * device, for the OOM reaper), where the broken drivers of drivers/buggy that the race
+ * scenarios cannot reach are caught.
+ */
+export const TARGETED_SCENARIOS: readonly Scenario[] = [deviceFaultWokenMunmap, twoTableFaultVsMadvise, oomReaperVsDeviceFault];
 
 /** The race scenarios. */
 export const RACE_SCENARIOS: readonly Scenario[] = [
@@ -23,7 +43,7 @@ export const RACE_SCENARIOS: readonly Scenario[] = [
 ];
 
 /** Every scenario, in listing order. */
-export const SCENARIOS: readonly Scenario[] = [...RACE_SCENARIOS];
+export const SCENARIOS: readonly Scenario[] = [...RACE_SCENARIOS, ...TARGETED_SCENARIOS];
 
 /** The scenario named `name`, or undefined. */
 export function findScenario(name: string): Scenario | undefined {

@@ -13,11 +13,28 @@
  *   (the migration paths zap their own entries, see devmem.ts), and otherwise zaps the device
  *   page table of the range and waits for the device TLB shootdown, under `mutex`;
  * - per-window interval notifiers (`windows`, one per aligned window of notifierPages pages,
- *   inserted on first use and cached until unbind): their invalidate only takes `mutex` (trylock
- *   when not blockable), calls mmuIntervalSetSeq and returns; the zap is the classic notifier's,
+ *   inserted on first use and cached until unbind): their invalidate refuses a non-blockable
+ *   range (returns false, see below), else takes `mutex`, calls mmuIntervalSetSeq and returns;
+ *   the zap is the classic notifier's,
  *   which the dispatch calls AFTER the interval ones (nouveau's "very hacky" reliance). They skip
  *   only MMU_NOTIFY_EXCLUSIVE events of this device, without which make_device_exclusive
  *   would bump the sequence the atomic fault path is reading and livelock it.
+ *
+ * Non-blockable ranges (the OOM reaper's mmu_notifier_invalidate_range_start_nonblock) and a
+ * kernel trap. In mm/mmu_notifier.c, __mmu_notifier_invalidate_range_start runs
+ * mn_itree_invalidate first (active_invalidate_ranges++, invalidate_seq |= 1 on overlap, the
+ * interval callbacks), then mn_hlist_invalidate_range_start. If the interval side succeeds and
+ * a classic start then returns -EAGAIN, the -EAGAIN goes back to __oom_reap_task_mm, which does
+ * not call mmu_notifier_invalidate_range_end: mn_itree_inv_end never runs, the active count
+ * stays raised, and invalidate_seq, once odd, never goes even again, so every later
+ * mmu_interval_read_begin and mmu_interval_notifier_remove (our unbind) waits forever
+ * (src/notifier/dispatch.ts reproduces this). But when an interval callback itself returns
+ * false, mn_itree_invalidate calls mn_itree_inv_end before returning -EAGAIN, so the itree side
+ * is ended properly. So a careful driver with both kinds of notifier refuses a non-blockable
+ * range in its interval callbacks (it could not zap there anyway: the classic notifier, which
+ * zaps and waits for the TLB shootdown, cannot sleep either), and its classic notifier, reached
+ * only for ranges no window overlaps, accepts such a range whenever nothing of it is mapped on
+ * the device (a trylock and a page-table look, no sleep) and refuses it otherwise.
  *
  * The fault path of a window (rangeFault), in the documented order:
  *
@@ -172,7 +189,13 @@ export class MockGpuSvmm {
 
   /** nouveau_svmm_invalidate_range_start. */
   private async invalidateRangeStart(range: MmuNotifierRange): Promise<number> {
-    if (!mmuNotifierRangeBlockable(range)) return -EAGAIN;
+    // Non-blockable (the OOM reaper): we cannot wait for a TLB shootdown. Every window notifier
+    // overlapping the range has refused it already (windowInvalidate), so the dispatch never
+    // reaches us for those; here no window overlaps. Accept the range only when we can tell
+    // without sleeping that the device maps nothing in it (nothing to zap), else refuse: a
+    // refusal here, after the interval side accepted, would leave the itree invalidation
+    // active for good (see the file header).
+    if (!mmuNotifierRangeBlockable(range)) return this.nothingMappedNonblock(range) ? 0 : -EAGAIN;
     // Our own migrations zap our entries themselves (devmem.ts), once the pages are locked.
     if (range.event === MMU_NOTIFY_MIGRATE && range.owner === this.gpu.owner) {
       this.gpu.stats.migrateSkips++;
@@ -202,11 +225,34 @@ export class MockGpuSvmm {
     }
   }
 
-  /** nouveau_svm_range_invalidate: only the sequence; the classic notifier, called next, zaps. */
+  /**
+   * True if, under a trylock of `mutex` (no zap or commit in progress), the device maps no page
+   * of `range`. Never sleeps.
+   */
+  private nothingMappedNonblock(range: MmuNotifierRange): boolean {
+    if (!this.mutex.trylock()) return false;
+    try {
+      const as = this.as;
+      const s = Math.min(range.start - (range.start % PAGE_SIZE), DEVICE_VA_LIMIT);
+      const e = Math.min(Math.ceil(range.end / PAGE_SIZE) * PAGE_SIZE, DEVICE_VA_LIMIT);
+      if (as.isDestroyed || s >= e) return true;
+      let mapped = false;
+      as.pageTable.forEach(() => (mapped = true), s / PAGE_SIZE, e / PAGE_SIZE);
+      return !mapped;
+    } finally {
+      this.mutex.unlock();
+    }
+  }
+
+  /**
+   * nouveau_svm_range_invalidate: only the sequence; the classic notifier, called next, zaps.
+   * A non-blockable range is refused (false) here, before the classic notifier sees it: see the
+   * file header (the kernel trap of an interval side accepted, then a classic start refused).
+   */
   private async windowInvalidate(sub: MmuIntervalNotifier, range: MmuNotifierRange, curSeq: number): Promise<boolean> {
     if (range.event === MMU_NOTIFY_EXCLUSIVE && range.owner === this.gpu.owner) return true;
-    if (mmuNotifierRangeBlockable(range)) await this.mutex.lock();
-    else if (!this.mutex.trylock()) return false;
+    if (!mmuNotifierRangeBlockable(range)) return false;
+    await this.mutex.lock();
     mmuIntervalSetSeq(sub, curSeq); // pairs with mmuIntervalReadRetry in rangeFault / atomicFault
     this.mutex.unlock();
     return true;

@@ -258,7 +258,7 @@ describe('replay and cancel', () => {
     );
   });
 
-  it("the OOM reaper's non-blockable invalidation is refused (-EAGAIN) without sleeping, mappings intact", async () => {
+  it("the OOM reaper's non-blockable invalidation is refused (-EAGAIN) without sleeping, mappings intact, and unbind still works", async () => {
     const e = new Engine();
     const w = makeWorld(e, { migration: 'off' });
     e.spawn('main', async () => {
@@ -270,9 +270,11 @@ describe('replay and cancel', () => {
       expect(await oomReapTaskMm(w.mm)).toBe(-11);
       expect(s.as.pageTable.flagsAt(a / P)).not.toBe(0);
       expect(await cpuRead64(w.mm, a)).toBe(1n);
-      // No unbind: with the classic start refused after the interval side ran, the kernel's
-      // active_invalidate_ranges stays raised (reproduced by src/notifier), so removing the
-      // window notifier would wait forever, as it would in the kernel.
+      // The window notifier refused first, so mn_itree_invalidate ended the itree side itself:
+      // the device can fault again and the window notifiers can be removed (unbind).
+      await w.dev.launch(s.as, {}, async (ctx) => ctx.store(a + P, 8, 2n)).join();
+      expect(await cpuRead64(w.mm, a + P)).toBe(2n);
+      expect(await w.gpu.unbind(s)).toBe(0);
       await w.gpu.stop();
     });
     const r = await e.run();
