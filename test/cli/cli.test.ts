@@ -32,8 +32,10 @@ describe('hmm-emu list', () => {
     expect(r.code).toBe(0);
     const j = JSON.parse(r.out) as { scenarios: { name: string; tags: string[]; description: string; drivers: string[] }[]; drivers: { name: string; api: string; kind: string }[] };
     expect(j.scenarios.map((s) => s.name)).toContain('device-fault-vs-munmap');
-    expect(j.scenarios.find((s) => s.name === 'hmm2015-fault-vs-munmap')!.drivers).toEqual(['hmm2015']);
+    // The 2015 scenario applies to the 2015 reference driver and its buggy variant, never to dmirror.
+    expect(j.scenarios.find((s) => s.name === 'hmm2015-fault-vs-munmap')!.drivers).toEqual(['hmm2015', 'hmm2015-no-fault-start']);
     expect(j.drivers.find((d) => d.name === 'dmirror')).toMatchObject({ api: 'modern', kind: 'reference' });
+    expect(j.drivers.find((d) => d.name === 'hmm2015-no-fault-start')).toMatchObject({ api: '2015', kind: 'buggy' });
     const text = await cli(['list']);
     expect(text.code).toBe(0);
     expect(text.out).toContain('device-write-vs-mprotect');
