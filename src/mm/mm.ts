@@ -39,7 +39,7 @@ import {
   PTE_ZERO,
   PUD_SIZE,
 } from './constants.js';
-import { PageTable, type PteTable } from './pagetable.js';
+import { PageTable, type PteTable, vpnOf } from './pagetable.js';
 import type { PhysMem } from './phys.js';
 import { deviceRmapRemove } from './rmap.js';
 import { VmaList } from './vma.js';
@@ -118,10 +118,7 @@ export function createMm(engine: Engine, phys: PhysMem, opts: MmOptions = {}): M
 
 // ---- helpers shared by the operations (callers hold the locks named) ----
 
-/** vpn of an address. */
-export function vpnOf(addr: number): number {
-  return Math.floor(addr / PAGE_SIZE);
-}
+export { vpnOf } from './pagetable.js';
 
 /** Clears entry i of a leaf (caller holds the ptl). */
 export function clearEntry(leaf: PteTable, i: number): void {

@@ -20,7 +20,12 @@
  */
 import type { Engine } from '../sim/engine.js';
 import { EINVAL, KernelBug, KernelError } from '../sim/errors.js';
-import { PTE_KIND_MASK, PTE_PRESENT, PTE_WRITE, PTRS_PER_TABLE } from './constants.js';
+import { PAGE_SIZE, PTE_KIND_MASK, PTE_PRESENT, PTE_WRITE, PTRS_PER_TABLE } from './constants.js';
+
+/** The virtual page number of an address. */
+export function vpnOf(addr: number): number {
+  return Math.floor(addr / PAGE_SIZE);
+}
 
 /** pte_none. */
 export function pteNone(bits: number): boolean {

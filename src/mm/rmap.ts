@@ -14,11 +14,8 @@
  */
 import { PTE_KIND_MASK, PTE_PRESENT, PTE_SWP_DEVICE_PRIVATE, PTE_SWP_MIGRATION } from './constants.js';
 import type { MmStruct } from './mm.js';
+import { vpnOf } from './pagetable.js';
 import type { PhysMem } from './phys.js';
-
-function vpnOf(addr: number): number {
-  return Math.floor(addr / 4096);
-}
 
 
 /** One recorded mapping of a device page. */
