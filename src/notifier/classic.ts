@@ -235,13 +235,7 @@ export async function mnHlistInvalidateRangeStart(subs: MmuNotifierSubscriptions
     if (ret !== 0) {
       // Must be non-blocking to get here (else WARNed above). Notifiers that succeeded start
       // expect their end: call every end now.
-      for (let sub = subs.first; sub !== null; sub = sub.next) {
-        const end = sub.ops.invalidateRangeEnd;
-        if (end === undefined) continue;
-        if (blockable) await e.yield();
-        await end.call(sub.ops, sub, range);
-        traceCallback(mm, range.id, sub.name, 'classic', 'end', null);
-      }
+      await callEnds(subs, range, blockable);
     }
   } finally {
     srcu.readUnlock(idx);
@@ -249,21 +243,24 @@ export async function mnHlistInvalidateRangeStart(subs: MmuNotifierSubscriptions
   return ret;
 }
 
+/** Every classic ->invalidate_range_end, newest first (caller holds the SRCU read side). */
+async function callEnds(subs: MmuNotifierSubscriptions, range: MmuNotifierRange, blockable: boolean): Promise<void> {
+  const mm = subs.mm;
+  for (let sub = subs.first; sub !== null; sub = sub.next) {
+    const end = sub.ops.invalidateRangeEnd;
+    if (end === undefined) continue;
+    if (blockable) await mm.engine.yield();
+    await end.call(sub.ops, sub, range);
+    traceCallback(mm, range.id, sub.name, 'classic', 'end', null);
+  }
+}
+
 /** mn_hlist_invalidate_end. For a non-blockable range the caller runs it in non-blocking context. */
 export async function mnHlistInvalidateEnd(subs: MmuNotifierSubscriptions, range: MmuNotifierRange): Promise<void> {
-  const mm = subs.mm;
-  const e = mm.engine;
-  const blockable = mmuNotifierRangeBlockable(range);
-  const srcu = notifierSrcu(e);
+  const srcu = notifierSrcu(subs.mm.engine);
   const idx = srcu.readLock();
   try {
-    for (let sub = subs.first; sub !== null; sub = sub.next) {
-      const end = sub.ops.invalidateRangeEnd;
-      if (end === undefined) continue;
-      if (blockable) await e.yield();
-      await end.call(sub.ops, sub, range);
-      traceCallback(mm, range.id, sub.name, 'classic', 'end', null);
-    }
+    await callEnds(subs, range, mmuNotifierRangeBlockable(range));
   } finally {
     srcu.readUnlock(idx);
   }
@@ -295,30 +292,27 @@ export async function mnHlistRelease(subs: MmuNotifierSubscriptions, mm: Notifie
   await srcu.synchronize();
 }
 
-/** __mmu_notifier_clear_flush_young: OR over the notifiers. Cannot sleep. */
-export function mnHlistClearFlushYoung(subs: MmuNotifierSubscriptions, start: number, end: number): boolean {
+/** OR of one of the clear-young callbacks over every notifier (every one is asked). Cannot sleep. */
+function orClearYoung(subs: MmuNotifierSubscriptions, op: 'clearFlushYoung' | 'clearYoung', start: number, end: number): boolean {
   const srcu = notifierSrcu(subs.mm.engine);
   const idx = srcu.readLock();
   let young = false;
   for (let sub = subs.first; sub !== null; sub = sub.next) {
-    const f = sub.ops.clearFlushYoung;
+    const f = sub.ops[op];
     if (f !== undefined && f.call(sub.ops, sub, subs.mm, start, end)) young = true;
   }
   srcu.readUnlock(idx);
   return young;
 }
 
+/** __mmu_notifier_clear_flush_young: OR over the notifiers. Cannot sleep. */
+export function mnHlistClearFlushYoung(subs: MmuNotifierSubscriptions, start: number, end: number): boolean {
+  return orClearYoung(subs, 'clearFlushYoung', start, end);
+}
+
 /** __mmu_notifier_clear_young: OR over the notifiers. Cannot sleep. */
 export function mnHlistClearYoung(subs: MmuNotifierSubscriptions, start: number, end: number): boolean {
-  const srcu = notifierSrcu(subs.mm.engine);
-  const idx = srcu.readLock();
-  let young = false;
-  for (let sub = subs.first; sub !== null; sub = sub.next) {
-    const f = sub.ops.clearYoung;
-    if (f !== undefined && f.call(sub.ops, sub, subs.mm, start, end)) young = true;
-  }
-  srcu.readUnlock(idx);
-  return young;
+  return orClearYoung(subs, 'clearYoung', start, end);
 }
 
 /** __mmu_notifier_test_young: true at the first notifier that says young (the rest are not asked). */
