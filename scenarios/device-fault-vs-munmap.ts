@@ -11,21 +11,14 @@
  * zap leaves a translation to a freed frame: the oracle flags the device access (translation,
  * use after free) or the callback (entry-after-callback).
  */
-import { PAGE_SIZE, type ScenarioContext, type WarpContext, cpuRead64, cpuWrite64, defineScenario, deviceTask, munmap } from 'hmm-emu';
+import { PAGE_SIZE, cpuRead64, cpuWrite64, defineScenario, munmap } from 'hmm-emu';
+import { fillTwoWords, initWord, sweepJobs } from './common.js';
 
 const PAGES = 8;
 const UPPER = 4;
 /** Where the buffer lives (page aligned, well below the mmap base). */
 const BUF = 0x10_0000_0000;
-const init = (page: number, word: number): bigint => BigInt(0x1000 * (page + 1) + word);
 
-/** Loads the word at `a`, stores it plus 100, publishing each access as progress. */
-async function bumpAdd(ctx: ScenarioContext, w: WarpContext, a: number): Promise<void> {
-  const v = await w.load(a, 8);
-  ctx.bump('access');
-  await w.store(a, 8, v + 100n);
-  ctx.bump('access');
-}
 
 export const deviceFaultVsMunmap = defineScenario({
   name: 'device-fault-vs-munmap',
@@ -35,22 +28,11 @@ export const deviceFaultVsMunmap = defineScenario({
   drivers: { api: 'modern' },
   async setup(ctx) {
     await ctx.mmap(PAGES, { addr: BUF });
-    for (let p = 0; p < PAGES; p++) for (let w = 0; w < 2; w++) await cpuWrite64(ctx.mm, BUF + p * PAGE_SIZE + 8 * w, init(p, w));
+    await fillTwoWords(ctx, BUF, PAGES);
   },
   tasks: {
     // Job j owns word j of every page: it reads it and writes it back plus 100.
-    up: deviceTask({
-      killable: true,
-      async kernel(ctx, w) {
-        for (let p = 0; p < PAGES; p++) await bumpAdd(ctx, w, BUF + p * PAGE_SIZE);
-      },
-    }),
-    down: deviceTask({
-      killable: true,
-      async kernel(ctx, w) {
-        for (let p = PAGES - 1; p >= 0; p--) await bumpAdd(ctx, w, BUF + p * PAGE_SIZE + 8);
-      },
-    }),
+    ...sweepJobs(BUF, PAGES),
     async cpu(ctx) {
       // Anywhere in the device's 32 accesses, then a jitter of up to about a fault's service.
       await ctx.racePoint({ counter: 'access', max: 4 * PAGES, until: ['up', 'down'], jitterNs: 200 });
@@ -68,7 +50,7 @@ export const deviceFaultVsMunmap = defineScenario({
     for (let p = 0; p < UPPER; p++) {
       for (let w = 0; w < 2; w++) {
         const v = await cpuRead64(ctx.mm, BUF + p * PAGE_SIZE + 8 * w);
-        ctx.expect(v === init(p, w) || v === init(p, w) + 100n, () => `page ${p} word ${w} holds 0x${v.toString(16)}, neither the initial value nor the device's update`);
+        ctx.expect(v === initWord(p, w) || v === initWord(p, w) + 100n, () => `page ${p} word ${w} holds 0x${v.toString(16)}, neither the initial value nor the device's update`);
       }
     }
     for (let p = UPPER; p < PAGES; p++) ctx.expectEqual(await cpuRead64(ctx.mm, BUF + p * PAGE_SIZE + 16), 0xfeedn + BigInt(p), `remapped page ${p} word 2`);

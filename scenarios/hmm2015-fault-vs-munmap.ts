@@ -15,7 +15,8 @@
  * after hmm_mirror_fault returned (from a stale copy of the mirror table), or that skips the zap
  * or the shootdown, leaves a translation to a freed frame: the oracle flags it.
  */
-import { MADV_DONTNEED, PAGE_SIZE, PMD_SIZE, type ScenarioContext, type WarpContext, cpuRead64, cpuWrite64, defineScenario, deviceTask, madvise, munmap } from 'hmm-emu';
+import { MADV_DONTNEED, PAGE_SIZE, PMD_SIZE, cpuRead64, cpuWrite64, defineScenario, madvise, munmap } from 'hmm-emu';
+import { fillTwoWords, initWord, sweepJobs } from './common.js';
 
 const PAGES = 16;
 /** The buffer: 8 pages below a 2 MiB boundary, 8 above. */
@@ -25,14 +26,7 @@ const LO = 5;
 const HI = 11;
 /** The dropped pages [DROP, PAGES). */
 const DROP = 11;
-const init = (page: number, word: number): bigint => BigInt(0x1000 * (page + 1) + word);
 
-async function readAdd(ctx: ScenarioContext, w: WarpContext, a: number): Promise<void> {
-  const v = await w.load(a, 8);
-  ctx.bump('access');
-  await w.store(a, 8, v + 100n);
-  ctx.bump('access');
-}
 
 export const hmm2015FaultVsMunmap = defineScenario({
   name: 'hmm2015-fault-vs-munmap',
@@ -42,21 +36,11 @@ export const hmm2015FaultVsMunmap = defineScenario({
   drivers: { api: '2015' },
   async setup(ctx) {
     await ctx.mmap(PAGES, { addr: BUF });
-    for (let p = 0; p < PAGES; p++) for (let w = 0; w < 2; w++) await cpuWrite64(ctx.mm, BUF + p * PAGE_SIZE + 8 * w, init(p, w));
+    await fillTwoWords(ctx, BUF, PAGES);
   },
   tasks: {
-    up: deviceTask({
-      killable: true,
-      async kernel(ctx, w) {
-        for (let p = 0; p < PAGES; p++) await readAdd(ctx, w, BUF + p * PAGE_SIZE);
-      },
-    }),
-    down: deviceTask({
-      killable: true,
-      async kernel(ctx, w) {
-        for (let p = PAGES - 1; p >= 0; p--) await readAdd(ctx, w, BUF + p * PAGE_SIZE + 8);
-      },
-    }),
+    // Job j owns word j of every page: it reads it and writes it back plus 100.
+    ...sweepJobs(BUF, PAGES),
     async cpu(ctx) {
       await ctx.racePoint({ counter: 'access', max: 4 * PAGES, until: ['up', 'down'], jitterNs: 200 });
       ctx.expectEqual(await munmap(ctx.mm, BUF + LO * PAGE_SIZE, (HI - LO) * PAGE_SIZE), 0, 'munmap');
@@ -78,7 +62,7 @@ export const hmm2015FaultVsMunmap = defineScenario({
       for (let w = 0; w < 2; w++) {
         const v = await cpuRead64(ctx.mm, BUF + p * PAGE_SIZE + 8 * w);
         // A dropped page reads zero afterwards; the device may have updated it before or after.
-        const legal = p >= DROP ? [init(p, w), init(p, w) + 100n, 0n, 100n] : [init(p, w), init(p, w) + 100n];
+        const legal = p >= DROP ? [initWord(p, w), initWord(p, w) + 100n, 0n, 100n] : [initWord(p, w), initWord(p, w) + 100n];
         ctx.expect(legal.includes(v), () => `page ${p} word ${w} holds 0x${v.toString(16)}; legal: ${legal.map((x) => `0x${x.toString(16)}`).join(', ')}`);
       }
     }
