@@ -27,7 +27,16 @@ import {
   type ScenarioDriver,
   errnoName,
 } from 'hmm-emu';
-import { Dmirror, DmirrorDevice, HMM_DMIRROR_MIGRATE_TO_DEV, HMM_DMIRROR_MIGRATE_TO_SYS } from './dmirror/index.js';
+import {
+  Dmirror,
+  DmirrorDevice,
+  HMM_DMIRROR_CHECK_EXCLUSIVE,
+  HMM_DMIRROR_EXCLUSIVE,
+  HMM_DMIRROR_MIGRATE_TO_DEV,
+  HMM_DMIRROR_MIGRATE_TO_SYS,
+  HMM_DMIRROR_RELEASE,
+  HMM_DMIRROR_SNAPSHOT,
+} from './dmirror/index.js';
 import { Hmm2015Driver, type Hmm2015DriverOptions } from './hmm2015/index.js';
 import { MockGpu, type MockGpuOptions, MockGpuSvmm } from './mockgpu/index.js';
 import {
@@ -55,7 +64,7 @@ function pick<T>(from: Readonly<Record<string, unknown>>, keys: readonly (keyof 
 
 /** The bound device of an open dmirror file (`fd`) on `mdev`; unbind releases it and stops the worker. */
 export function boundFromDmirror(mdev: DmirrorDevice, fd: Dmirror): BoundDevice {
-  const cmd = (request: number, addr: number, npages: number): Promise<number> => fd.ioctl(request, { addr, ptr: new Uint8Array(npages * PAGE_SIZE), npages, cpages: 0, faults: 0 });
+  const cmd = (request: number, addr: number, npages: number, ptr: Uint8Array = new Uint8Array(npages * PAGE_SIZE)): Promise<number> => fd.ioctl(request, { addr, ptr, npages, cpages: 0, faults: 0 });
   return {
     device: mdev.device,
     as: fd.as,
@@ -65,6 +74,11 @@ export function boundFromDmirror(mdev: DmirrorDevice, fd: Dmirror): BoundDevice 
     commands: {
       migrateToDevice: (addr, npages) => cmd(HMM_DMIRROR_MIGRATE_TO_DEV, addr, npages),
       migrateToSystem: (addr, npages) => cmd(HMM_DMIRROR_MIGRATE_TO_SYS, addr, npages),
+      snapshot: (addr, npages, out) => cmd(HMM_DMIRROR_SNAPSHOT, addr, npages, out),
+      makeExclusive: (addr, npages) => cmd(HMM_DMIRROR_EXCLUSIVE, addr, npages),
+      checkExclusive: (addr, npages) => cmd(HMM_DMIRROR_CHECK_EXCLUSIVE, addr, npages, new Uint8Array(0)),
+      // RELEASE evicts the whole device memory; the ioctl only checks its range (one page here).
+      releaseDeviceMemory: () => cmd(HMM_DMIRROR_RELEASE, PAGE_SIZE, 1, new Uint8Array(0)),
     },
     // retries: every extra turn of the fault loop (read_retry true, or -EBUSY from the walk).
     stats: () => ({ ...fd.stats, retries: fd.stats.retries + fd.stats.busy }),
@@ -81,7 +95,7 @@ export const dmirrorDriver: ScenarioDriver = {
   description: "lib/test_hmm.c's mirror driver: an interval notifier, the hmm_range_fault loop, device-private memory with migrate_vma",
   api: 'modern',
   kind: 'reference',
-  features: ['device-migration', 'migrate-to-system'],
+  features: ['device-migration', 'migrate-to-system', 'snapshot', 'exclusive', 'release'],
   async bind(req) {
     const mdev = DmirrorDevice.create(req.engine, req.phys, { ...req.hardware, name: req.name, memory: { frames: req.memoryFrames } });
     mdev.startFaultWorker();
@@ -151,7 +165,7 @@ export const mockgpuDriver: ScenarioDriver = {
   description: 'a production-shaped driver: batched fault windows on a worker pool, first-touch migration, a classic notifier plus window interval notifiers',
   api: 'modern',
   kind: 'reference',
-  features: ['device-migration'],
+  features: ['device-migration', 'oversubscription'],
   async bind(req) {
     const hw: DeviceOptions = { ...req.hardware, name: req.name, memory: { frames: req.memoryFrames } };
     const dev = new Device(req.engine, req.phys, hw);

@@ -57,6 +57,17 @@ export interface ScenarioDevice {
   migrateToDevice(addr: number, npages: number): Promise<number>;
   /** The 'migrate-to-system' command; KernelError(EOPNOTSUPP) if the driver lacks it. */
   migrateToSystem(addr: number, npages: number): Promise<number>;
+  /**
+   * The 'snapshot' command: one SNAPSHOT code per page of [addr, addr + npages pages), read
+   * without faulting. KernelError with the errno if the driver fails it, EOPNOTSUPP if it lacks it.
+   */
+  snapshot(addr: number, npages: number): Promise<Uint8Array>;
+  /** The 'exclusive' command make_device_exclusive: 0 or -errno; KernelError(EOPNOTSUPP) if the driver lacks it. */
+  makeExclusive(addr: number, npages: number): Promise<number>;
+  /** The 'exclusive' check: 0 if no page of the range is held exclusive any more, else -EPERM. */
+  checkExclusive(addr: number, npages: number): Promise<number>;
+  /** The 'release' command: evict all of this device's memory to RAM. 0 or -errno. */
+  releaseDeviceMemory(): Promise<number>;
   /** The driver's counters for this device now. */
   stats(): Readonly<Record<string, number>>;
 }
@@ -114,6 +125,13 @@ export interface ScenarioContext<S = unknown> {
   mmap(pages: number, opts?: MapOptions): Promise<number>;
   /** fork() of `mm` (default ctx.mm): the oracle watches the child, teardown exits it. */
   fork(mm?: MmStruct, name?: string): Promise<MmStruct>;
+  /**
+   * Binds the world's deferred device `name` (WorldSpec `deferred: true`) to `mm` with the
+   * driver under test, e.g. a fork child opening its own mirror; the oracle watches it and
+   * teardown unbinds it (before the mms exit). KernelError(EINVAL) if there is no such deferred
+   * device or it is already bound.
+   */
+  bindDevice(name: string, mm: MmStruct): Promise<ScenarioDevice>;
   /** A nondeterministic choice in [0, n), decided by the strategy and logged. */
   choose(n: number, label?: string): number;
   /** Sleeps `ns` of virtual time (a scheduling point). */
@@ -169,6 +187,8 @@ export class RunContext<S> implements ScenarioContext<S> {
   private readonly ended = new Set<string>();
   private readonly progress: WaitQueue;
   private readonly byName = new Map<string, ScenarioDevice>();
+  /** @internal binds a world device (set by the runner). */
+  binder: ((name: string, mm: MmStruct) => Promise<WorldDevice>) | null = null;
 
   constructor(
     readonly engine: Engine,
@@ -219,6 +239,16 @@ export class RunContext<S> implements ScenarioContext<S> {
       run: (kernel, opts = {}) => launch(kernel, opts).join(),
       migrateToDevice: (addr, npages) => (bound.commands.migrateToDevice ?? unsupported('migrateToDevice'))(addr, npages),
       migrateToSystem: (addr, npages) => (bound.commands.migrateToSystem ?? unsupported('migrateToSystem'))(addr, npages),
+      async snapshot(addr, npages) {
+        if (!Number.isInteger(npages) || npages < 0 || npages > 1 << 20) throw new KernelError(EINVAL, `${d.name} snapshot: npages must be an integer in [0, 2^20]: ${String(npages)}`);
+        const out = new Uint8Array(npages);
+        const ret = await (bound.commands.snapshot ?? unsupported('snapshot'))(addr, npages, out);
+        if (ret < 0) throw new KernelError(-ret, `${d.name} snapshot of ${npages} pages at 0x${addr.toString(16)} failed: ${errnoName(-ret)}`);
+        return out;
+      },
+      makeExclusive: (addr, npages) => (bound.commands.makeExclusive ?? unsupported('makeExclusive'))(addr, npages),
+      checkExclusive: (addr, npages) => (bound.commands.checkExclusive ?? unsupported('checkExclusive'))(addr, npages),
+      releaseDeviceMemory: () => (bound.commands.releaseDeviceMemory ?? unsupported('releaseDeviceMemory'))(),
       stats: () => bound.stats(),
     };
     this.devices.push(dev);
@@ -252,6 +282,13 @@ export class RunContext<S> implements ScenarioContext<S> {
     this.children.push(child);
     this.oracle?.watchMm(child);
     return child;
+  }
+
+  async bindDevice(name: string, mm: MmStruct): Promise<ScenarioDevice> {
+    if (this.byName.has(name)) throw new KernelError(EINVAL, `ctx.bindDevice: device ${JSON.stringify(name)} is already bound`);
+    if (this.binder === null) throw new KernelError(EINVAL, 'ctx.bindDevice: no binder (the context is not a runner\'s)');
+    this.addDevice(await this.binder(name, mm));
+    return this.byName.get(name)!;
   }
 
   choose(n: number, label = ''): number {

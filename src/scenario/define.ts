@@ -61,6 +61,12 @@ export interface DeviceSpec {
   readonly hardware?: Omit<DeviceOptions, 'name' | 'memory'>;
   /** Driver-specific hints (a driver ignores those it does not know), e.g. { faultWindowPages: 4 } for hmm2015. */
   readonly driverOptions?: Readonly<Record<string, unknown>>;
+  /**
+   * Not bound at the start: the scenario binds it with ctx.bindDevice(name, mm) (to a fork
+   * child, say: hmm-tests' child opening its own mirror). Its memory is reserved all the same.
+   * Default false.
+   */
+  readonly deferred?: boolean;
 }
 
 /** The world of a scenario. Every field is optional; each says its default. */
@@ -83,6 +89,7 @@ export interface ResolvedWorld {
     readonly memoryFrames: number;
     readonly hardware: Readonly<Omit<DeviceOptions, 'name' | 'memory'>>;
     readonly driverOptions: Readonly<Record<string, unknown>>;
+    readonly deferred: boolean;
   }>;
 }
 
@@ -94,6 +101,11 @@ export interface ScenarioDefinition<S = Record<string, never>> {
   readonly description: string;
   /** Free-form labels (`race`, `munmap`, `fork`, ...). Default none. */
   readonly tags?: readonly string[];
+  /**
+   * Where it comes from: the kernel test it ports (`hmm-tests.c: anon_read`), the bug or bug
+   * class it reproduces, the commit or thread. Listed by `hmm-emu list`. Default none.
+   */
+  readonly origin?: string;
   readonly world?: WorldSpec;
   readonly drivers: DriverSelector;
   /** The per-run state factory. Default: an empty object. */
@@ -110,6 +122,8 @@ export interface Scenario {
   readonly name: string;
   readonly description: string;
   readonly tags: readonly string[];
+  /** Where it comes from ('' when the definition does not say). */
+  readonly origin: string;
   readonly world: ResolvedWorld;
   readonly drivers: DriverSelector;
   readonly state: () => unknown;
@@ -123,9 +137,9 @@ export interface Scenario {
 /** The name of the runner's own task (reserved). */
 export const SCENARIO_TASK = 'scenario';
 
-const KNOWN_FIELDS = new Set(['name', 'description', 'tags', 'world', 'drivers', 'state', 'setup', 'tasks', 'check', 'maxSteps']);
+const KNOWN_FIELDS = new Set(['name', 'description', 'tags', 'origin', 'world', 'drivers', 'state', 'setup', 'tasks', 'check', 'maxSteps']);
 const WORLD_FIELDS = new Set(['frames', 'mms', 'devices']);
-const DEVICE_FIELDS = new Set(['name', 'mm', 'memoryFrames', 'hardware', 'driverOptions']);
+const DEVICE_FIELDS = new Set(['name', 'mm', 'memoryFrames', 'hardware', 'driverOptions', 'deferred']);
 const DEVICE_TASK_FIELDS = new Set(['kind', 'device', 'warps', 'killable', 'kernel']);
 const SELECTOR_FIELDS = new Set(['api', 'features']);
 const NAME_RE = /^[a-z0-9][a-z0-9-]*$/;
@@ -200,7 +214,9 @@ function resolveWorld(c: Checker, w: unknown): ResolvedWorld {
     if ('name' in hardware || 'memory' in hardware) c.fail(`${f}.hardware`, 'must not set name or memory (use name and memoryFrames)', hardware);
     const driverOptions = d['driverOptions'] ?? {};
     if (!isObj(driverOptions)) c.fail(`${f}.driverOptions`, 'must be an object', driverOptions);
-    devices.push(Object.freeze({ name, mm, memoryFrames, hardware: Object.freeze({ ...hardware }), driverOptions: Object.freeze({ ...driverOptions }) }));
+    const deferred = d['deferred'] ?? false;
+    if (typeof deferred !== 'boolean') c.fail(`${f}.deferred`, 'must be a boolean', deferred);
+    devices.push(Object.freeze({ name, mm, memoryFrames, hardware: Object.freeze({ ...hardware }), driverOptions: Object.freeze({ ...driverOptions }), deferred }));
   });
   return Object.freeze({ frames, mms: Object.freeze(mms), devices: Object.freeze(devices) });
 }
@@ -264,6 +280,7 @@ export function defineScenario<S = Record<string, never>>(def: ScenarioDefinitio
   const tagsIn = d['tags'] ?? [];
   if (!Array.isArray(tagsIn)) c.fail('tags', 'must be an array of strings', tagsIn);
   const tags = (tagsIn as unknown[]).map((t, i) => c.nonEmptyString(`tags[${i}]`, t));
+  const origin = d['origin'] === undefined ? '' : c.nonEmptyString('origin', d['origin']);
   const world = resolveWorld(c, d['world']);
   if (d['drivers'] === undefined) c.fail('drivers', "is required ('any', names, or { api, features })", undefined);
   const drivers = checkSelector(c, d['drivers']);
@@ -277,6 +294,7 @@ export function defineScenario<S = Record<string, never>>(def: ScenarioDefinitio
     name,
     description,
     tags: Object.freeze(tags),
+    origin,
     world,
     drivers,
     state: stateFn,

@@ -33,12 +33,51 @@ export type DriverKind = 'reference' | 'buggy';
 export const DRIVER_KINDS: readonly DriverKind[] = ['reference', 'buggy'];
 
 /**
- * Optional driver abilities a scenario may need. Each names the command it requires:
+ * Optional driver abilities a scenario may need. Each names the command it requires (none for
+ * 'oversubscription', a behaviour):
  * - 'device-migration': `commands.migrateToDevice` (migrate_vma to device memory);
- * - 'migrate-to-system': `commands.migrateToSystem` (device memory back to RAM on request).
+ * - 'migrate-to-system': `commands.migrateToSystem` (device memory back to RAM on request);
+ * - 'snapshot': `commands.snapshot` (the CPU page table as the device would see it, no fault:
+ *   test_hmm's HMM_DMIRROR_SNAPSHOT, one SNAPSHOT_* code per page);
+ * - 'exclusive': `commands.makeExclusive` and `commands.checkExclusive` (make_device_exclusive
+ *   for device atomics, and whether any page is still held exclusive);
+ * - 'release': `commands.releaseDeviceMemory` (evict every device page to RAM: the device
+ *   memory going away, test_hmm's HMM_DMIRROR_RELEASE);
+ * - 'oversubscription': the driver migrates to device memory on first device touch and evicts
+ *   when that memory is full, so a working set larger than the device memory still runs.
  */
-export type DriverFeature = 'device-migration' | 'migrate-to-system';
-export const DRIVER_FEATURES: readonly DriverFeature[] = ['device-migration', 'migrate-to-system'];
+export type DriverFeature = 'device-migration' | 'migrate-to-system' | 'snapshot' | 'exclusive' | 'release' | 'oversubscription';
+export const DRIVER_FEATURES: readonly DriverFeature[] = ['device-migration', 'migrate-to-system', 'snapshot', 'exclusive', 'release', 'oversubscription'];
+
+/**
+ * The per-page codes of `commands.snapshot` (test_hmm_uapi.h's HMM_DMIRROR_PROT_*): ERROR (no
+ * VMA, or no access), NONE (not present), READ / WRITE (the CPU permission, ORed with ZERO for
+ * the zero page), DEV_PRIVATE_LOCAL / _REMOTE (device-private memory of this device or of
+ * another), DEV_COHERENT_LOCAL / _REMOTE. PMD and PUD never occur here (no huge pages).
+ */
+export const SNAPSHOT = Object.freeze({
+  ERROR: 0xff,
+  NONE: 0x00,
+  READ: 0x01,
+  WRITE: 0x02,
+  PMD: 0x04,
+  PUD: 0x08,
+  ZERO: 0x10,
+  DEV_PRIVATE_LOCAL: 0x20,
+  DEV_PRIVATE_REMOTE: 0x30,
+  DEV_COHERENT_LOCAL: 0x40,
+  DEV_COHERENT_REMOTE: 0x50,
+} as const);
+
+/** The commands each feature requires. */
+const FEATURE_COMMANDS: Readonly<Record<DriverFeature, readonly (keyof DriverCommands)[]>> = {
+  'device-migration': ['migrateToDevice'],
+  'migrate-to-system': ['migrateToSystem'],
+  snapshot: ['snapshot'],
+  exclusive: ['makeExclusive', 'checkExclusive'],
+  release: ['releaseDeviceMemory'],
+  oversubscription: [],
+};
 
 /** What the runner asks a driver to bind: one device mirroring one mm. */
 export interface BindRequest {
@@ -62,6 +101,14 @@ export interface DriverCommands {
   readonly migrateToDevice?: (addr: number, npages: number) => Promise<number>;
   /** 'migrate-to-system': moves this device's pages in [addr, addr + npages pages) back to RAM. */
   readonly migrateToSystem?: (addr: number, npages: number) => Promise<number>;
+  /** 'snapshot': fills `out[i]` with the SNAPSHOT code of page i of [addr, addr + npages pages), without faulting. 0 or -errno. */
+  readonly snapshot?: (addr: number, npages: number, out: Uint8Array) => Promise<number>;
+  /** 'exclusive': make_device_exclusive on each page of the range, mapped atomic on the device. 0 or -errno. */
+  readonly makeExclusive?: (addr: number, npages: number) => Promise<number>;
+  /** 'exclusive': 0 if no page of the range is still held exclusive by the device, else -EPERM. */
+  readonly checkExclusive?: (addr: number, npages: number) => Promise<number>;
+  /** 'release': evicts every page of this device's memory back to RAM. 0 or -errno. */
+  readonly releaseDeviceMemory?: () => Promise<number>;
 }
 
 /** One bound device of a driver. */
@@ -181,8 +228,9 @@ export function checkBoundDevice(b: unknown, driver: ScenarioDriver, req: BindRe
   if (typeof b['unbind'] !== 'function') throw new KernelError(EINVAL, `${w} no unbind function`);
   const cmds = b['commands'];
   if (!isObj(cmds)) throw new KernelError(EINVAL, `${w} commands that is not an object: ${String(cmds)}`);
-  if (driver.features.includes('device-migration') && typeof cmds['migrateToDevice'] !== 'function') throw new KernelError(EINVAL, `${w} no commands.migrateToDevice, yet the driver has the 'device-migration' feature`);
-  if (driver.features.includes('migrate-to-system') && typeof cmds['migrateToSystem'] !== 'function') throw new KernelError(EINVAL, `${w} no commands.migrateToSystem, yet the driver has the 'migrate-to-system' feature`);
+  for (const f of driver.features) {
+    for (const c of FEATURE_COMMANDS[f]) if (typeof cmds[c] !== 'function') throw new KernelError(EINVAL, `${w} no commands.${c}, yet the driver has the '${f}' feature`);
+  }
   return b as unknown as BoundDevice;
 }
 

@@ -3,7 +3,7 @@ export { defineScenario, deviceTask, isScenario, SCENARIO_TASK } from './define.
 export type { Scenario, ScenarioDefinition, WorldSpec, DeviceSpec, ResolvedWorld, TaskSpec, CpuTask, DeviceTask } from './define.js';
 export { ScenarioExpectationError } from './context.js';
 export type { ScenarioContext, ScenarioDevice, DriverInfo, LogEntry, MapOptions, RacePointOptions } from './context.js';
-export { DriverRegistry, selectorRejects, describeSelector, checkScenarioDriver, DRIVER_APIS, DRIVER_KINDS, DRIVER_FEATURES } from './driver.js';
+export { DriverRegistry, selectorRejects, describeSelector, checkScenarioDriver, DRIVER_APIS, DRIVER_KINDS, DRIVER_FEATURES, SNAPSHOT } from './driver.js';
 export type { ScenarioDriver, BoundDevice, BindRequest, DriverCommands, DriverSelector, DriverApi, DriverKind, DriverFeature } from './driver.js';
 export { buildWorld, bindDevices } from './world.js';
 export type { ScenarioWorld, WorldDevice, BuildWorldOptions } from './world.js';

@@ -33,7 +33,7 @@ import { EINVAL, type Engine, KernelError, type Program, type RunResult, type Sc
 import { type LogEntry, RunContext, ScenarioExpectationError } from './context.js';
 import { SCENARIO_TASK, type Scenario, isScenario } from './define.js';
 import { type DriverRegistry, type ScenarioDriver, checkScenarioDriver, selectorRejects } from './driver.js';
-import { type ScenarioWorld, type WorldDevice, bindDevices, buildWorld } from './world.js';
+import { type ScenarioWorld, type WorldDevice, bindDevice, bindDevices, buildWorld } from './world.js';
 
 /** The outcome class of a run (see the header). */
 export type Verdict = 'coherent' | 'violation' | 'failed' | 'error';
@@ -164,6 +164,15 @@ export function scenarioProgram(scenario: Scenario, driver: ScenarioDriver, opts
     const info = { name: driver.name, api: driver.api, kind: driver.kind, features: driver.features };
     const ctx = new RunContext<unknown>(engine, world.phys, world.mms, info, scenario.state(), world.oracle);
     const run: RunState = { world, ctx, devices: [], mmIds };
+    ctx.binder = async (name, mm) => {
+      const spec = world.spec.devices.find((d) => d.name === name);
+      if (spec === undefined || !spec.deferred) {
+        throw new KernelError(EINVAL, `ctx.bindDevice: ${JSON.stringify(name)} is not a deferred device of the world (deferred: ${world.spec.devices.filter((d) => d.deferred).map((d) => d.name).join(', ') || 'none'})`);
+      }
+      const d = await bindDevice(world, driver, name, mm);
+      run.devices.push(d);
+      return d;
+    };
     sink(run);
     engine.spawn(SCENARIO_TASK, async () => {
       await bindDevices(world, driver, (d) => {

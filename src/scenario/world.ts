@@ -57,30 +57,46 @@ export function buildWorld(engine: Engine, spec: ResolvedWorld, opts: BuildWorld
 }
 
 /**
- * Binds one device of `driver` per world device, in order, and watches each with the oracle
- * (its address space, the driver's notifier subscriptions and pgmap owner). Runs in a task.
- * A driver that fails to bind throws; the devices bound before it are returned by `onBound`
- * as they come, so the caller can unbind them.
+ * Binds one device of `driver` per world device that is not deferred, in order, and watches
+ * each with the oracle (its address space, the driver's notifier subscriptions and pgmap
+ * owner). Runs in a task. A driver that fails to bind throws; the devices bound before it are
+ * returned by `onBound` as they come, so the caller can unbind them.
  */
 export async function bindDevices(world: ScenarioWorld, driver: ScenarioDriver, onBound: (d: WorldDevice) => void): Promise<void> {
   for (const spec of world.spec.devices) {
-    const mm = world.mms.get(spec.mm)!;
-    const req: BindRequest = {
-      engine: world.engine,
-      phys: world.phys,
-      mm,
-      name: spec.name,
-      memoryFrames: spec.memoryFrames,
-      hardware: spec.hardware,
-      options: spec.driverOptions,
-    };
-    const bound = checkBoundDevice(await driver.bind(req), driver, req);
-    onBound({ name: spec.name, mm, bound });
+    if (spec.deferred) continue;
+    onBound(await bindDevice(world, driver, spec.name, world.mms.get(spec.mm)!));
+  }
+}
+
+/**
+ * Binds the world device named `name` to `mm` (a world mm or a fork child) and watches it with
+ * the oracle before returning it: the start of a run for the world's devices, ctx.bindDevice
+ * for deferred ones. Runs in a task.
+ */
+export async function bindDevice(world: ScenarioWorld, driver: ScenarioDriver, name: string, mm: MmStruct): Promise<WorldDevice> {
+  const spec = world.spec.devices.find((d) => d.name === name);
+  if (spec === undefined) throw new KernelError(EINVAL, `bindDevice: no world device named ${JSON.stringify(name)} (devices: ${world.spec.devices.map((d) => d.name).join(', ')})`);
+  const req: BindRequest = {
+    engine: world.engine,
+    phys: world.phys,
+    mm,
+    name: spec.name,
+    memoryFrames: spec.memoryFrames,
+    hardware: spec.hardware,
+    options: spec.driverOptions,
+  };
+  const bound = checkBoundDevice(await driver.bind(req), driver, req);
+  try {
     world.oracle?.watchDevice(bound.device, {
       as: bound.as,
       mm,
       notifierSubs: bound.notifierSubs,
       ...(bound.owner !== undefined ? { owner: bound.owner } : {}),
     });
+  } catch (e) {
+    await bound.unbind(); // nothing else knows of it yet
+    throw e;
   }
+  return { name: spec.name, mm, bound };
 }

@@ -8,9 +8,9 @@ import { miniDriver } from './mini-driver.js';
 describe('the driver registry', () => {
   it('lists the reference drivers with their API generation and features', () => {
     expect(drivers.list('reference').map((d) => [d.name, d.api, d.features.join(',')])).toEqual([
-      ['dmirror', 'modern', 'device-migration,migrate-to-system'],
+      ['dmirror', 'modern', 'device-migration,migrate-to-system,snapshot,exclusive,release'],
       ['hmm2015', '2015', ''],
-      ['mockgpu', 'modern', 'device-migration'],
+      ['mockgpu', 'modern', 'device-migration,oversubscription'],
     ]);
     expect(REFERENCE_DRIVERS.every((d) => d.kind === 'reference')).toBe(true);
     expect(drivers.size).toBeGreaterThanOrEqual(ALL_DRIVERS.length);

@@ -22,7 +22,8 @@ describe('defineScenario', () => {
   it('fills in the defaults of the world and freezes the scenario', () => {
     const s = defineScenario(ok);
     expect(isScenario(s)).toBe(true);
-    expect(s.world).toEqual({ frames: 1024, mms: ['proc'], devices: [{ name: 'gpu0', mm: 'proc', memoryFrames: 64, hardware: {}, driverOptions: {} }] });
+    expect(s.world).toEqual({ frames: 1024, mms: ['proc'], devices: [{ name: 'gpu0', mm: 'proc', memoryFrames: 64, hardware: {}, driverOptions: {}, deferred: false }] });
+    expect(s.origin).toBe('');
     expect(s.tags).toEqual([]);
     expect(s.tasks.map((t) => t.name)).toEqual(['cpu']);
     expect(s.maxSteps).toBe(1_000_000);
@@ -78,7 +79,7 @@ describe('defineScenario', () => {
     rejects({ drivers: [] }, /drivers must not be empty/);
     rejects({ drivers: 'all' }, /drivers must be 'any', a list of driver names, or \{ api, features \}/);
     rejects({ drivers: { api: '2016' } }, /drivers\.api must be '2015', 'modern'/);
-    rejects({ drivers: { features: ['teleport'] } }, /drivers\.features\[0\] must be one of device-migration, migrate-to-system: "teleport"/);
+    rejects({ drivers: { features: ['teleport'] } }, /drivers\.features\[0\] must be one of device-migration, migrate-to-system, snapshot, exclusive, release, oversubscription: "teleport"/);
     rejects({ drivers: { owner: 'me' } }, /drivers\.owner is not a field/);
   });
 
