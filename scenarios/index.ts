@@ -12,6 +12,7 @@ import { invalidationOnNonBlockableRange } from './invalidation-on-non-blockable
 import { deviceFaultWokenMunmap } from './device-fault-woken-munmap.js';
 import { twoTableFaultVsMadvise } from './two-table-fault-vs-madvise.js';
 import { oomReaperVsDeviceFault } from './oom-reaper-vs-device-fault.js';
+import { api2015VsModern } from './api-2015-vs-modern.js';
 
 export {
   deviceFaultVsMunmap,
@@ -23,6 +24,7 @@ export {
   deviceFaultWokenMunmap,
   twoTableFaultVsMadvise,
   oomReaperVsDeviceFault,
+  api2015VsModern,
 };
 
 /**
@@ -42,8 +44,11 @@ export const RACE_SCENARIOS: readonly Scenario[] = [
   hmm2015FaultVsMunmap,
 ];
 
+/** Workloads meant for `hmm-emu run <name> --compare`: the same work on several drivers. */
+export const COMPARISON_SCENARIOS: readonly Scenario[] = [api2015VsModern];
+
 /** Every scenario, in listing order. */
-export const SCENARIOS: readonly Scenario[] = [...RACE_SCENARIOS, ...TARGETED_SCENARIOS];
+export const SCENARIOS: readonly Scenario[] = [...RACE_SCENARIOS, ...TARGETED_SCENARIOS, ...COMPARISON_SCENARIOS];
 
 /** The scenario named `name`, or undefined. */
 export function findScenario(name: string): Scenario | undefined {

@@ -13,9 +13,12 @@ import {
   type Scenario,
   type ScenarioDriver,
   type ScenarioResult,
+  type ScenarioComparison,
   checkScenario,
+  compareScenario,
   describeSelector,
   renderResult,
+  renderTimeline,
   replayScenario,
   runScenario,
   scenarioRejects,
@@ -88,6 +91,38 @@ function strategyArg(v: string): string {
   return v;
 }
 
+/** Tables without colour codes: output goes to files, pipes and CI logs as often as to a terminal. */
+const PLAIN = { head: [], border: [] };
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+/** A comparison as a table: per driver, per-run means of the statistics that tell the APIs apart. */
+export function renderComparison(c: ScenarioComparison): string {
+  const t = new Table({ style: PLAIN, head: ['driver', 'API', 'coherent', 'device faults', 'retries', 'backoffs', 'fault latency mean', 'max', 'invalidations', 'shootdowns', 'virtual time'] });
+  const per = (n: number, runs: number): string => (runs === 1 ? String(n) : (n / runs).toFixed(1));
+  for (const r of c.rows) {
+    const s = r.totals;
+    const lat = s.faultLatency;
+    t.push([
+      r.driver,
+      r.api,
+      `${r.verdicts.coherent}/${r.runs}`,
+      per(s.deviceFaults, r.runs),
+      per(s.retries, r.runs),
+      s.driver['backoffs'] === undefined ? '-' : per(s.driver['backoffs'], r.runs),
+      lat.count === 0 ? '-' : `${Math.round(lat.meanNs)} ns`,
+      lat.count === 0 ? '-' : `${lat.maxNs} ns`,
+      per(s.invalidations, r.runs),
+      per(s.shootdowns, r.runs),
+      `${per(s.time, r.runs)} ns`,
+    ]);
+  }
+  const head = `${c.scenario}: ${c.runs === 1 ? `seed ${c.seed}` : `${c.runs} runs per driver (seeds ${c.seed}..${c.seed + c.runs - 1}), per-run means`}, strategy ${c.strategy}`;
+  return `${head}\n${t.toString()}`;
+}
+
 const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 /** Runs the hmm-emu command; returns its exit code. */
@@ -119,7 +154,8 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
   const getScenario = async (spec: string): Promise<{ scenario: Scenario; file?: string }> => {
     if (isScenarioFile(spec)) return loadScenarioFile(spec, cwd, importer);
     const { scenarios } = await catalogue();
-    const s = scenarios.find((x) => x.name === spec);
+    // hmm-tests names use underscores (anon_read); scenario names are kebab-case (anon-read).
+    const s = scenarios.find((x) => x.name === spec) ?? scenarios.find((x) => x.name === spec.replace(/_/g, '-'));
     if (s === undefined) throw new UsageError(`unknown scenario ${JSON.stringify(spec)} (known: ${scenarios.map((x) => x.name).join(', ')}; or give a scenario file path)`);
     return { scenario: s };
   };
@@ -158,16 +194,16 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
       const { scenarios, registry } = await catalogue();
       const all = registry.list();
       const drivers = all.map((d) => ({ name: d.name, api: d.api, kind: d.kind, description: d.description, ...(d.base !== undefined ? { base: d.base } : {}), ...(d.caughtBy !== undefined ? { caughtBy: d.caughtBy } : {}) }));
-      const scen = scenarios.map((s) => ({ name: s.name, tags: s.tags, description: s.description, appliesTo: describeSelector(s.drivers), drivers: applicable(s, all).map((d) => d.name) }));
+      const scen = scenarios.map((s) => ({ name: s.name, tags: s.tags, description: s.description, origin: s.origin, appliesTo: describeSelector(s.drivers), drivers: applicable(s, all).map((d) => d.name) }));
       if (opts.json === true) {
         json({ scenarios: scen, drivers });
         return;
       }
-      const st = new Table({ head: ['scenario', 'tags', 'drivers', 'description'], colWidths: [34, 22, 22, 60], wordWrap: true });
-      for (const s of scen) st.push([s.name, s.tags.join(', '), s.drivers.join(', '), s.description]);
+      const st = new Table({ style: PLAIN, head: ['scenario', 'tags', 'drivers', 'description', 'origin'], colWidths: [30, 20, 20, 56, 34], wordWrap: true });
+      for (const s of scen) st.push([s.name, s.tags.join(', '), s.drivers.join(', '), s.description, s.origin]);
       println('Scenarios');
       println(st.toString());
-      const dt = new Table({ head: ['driver', 'API', 'kind', 'description'], colWidths: [26, 8, 11, 80], wordWrap: true });
+      const dt = new Table({ style: PLAIN, head: ['driver', 'API', 'kind', 'description'], colWidths: [26, 8, 11, 80], wordWrap: true });
       for (const d of drivers) dt.push([d.name, d.api, d.kind, d.description]);
       println('Drivers');
       println(dt.toString());
@@ -175,30 +211,51 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
 
   program
     .command('run')
-    .description('run one scenario once on one driver')
-    .argument('<scenario>', 'a bundled scenario name, or a scenario file (path[#name])')
-    .option('--driver <name>', 'the driver (default: the first reference driver it applies to)')
+    .description('run one scenario once on one driver (or, with --compare, on several, side by side)')
+    .argument('<scenario>', 'a bundled scenario name (hmm-tests names such as anon_read work too), or a scenario file (path[#name])')
+    .option('--driver <name>', 'the driver (default: the first reference driver it applies to); repeat it with --compare', collect, [])
     .option('--seed <n>', 'the seed', nonNegInt('seed'), 0)
     .option('--strategy <spec>', 'fifo, random or pct:D', strategyArg, 'random')
+    .option('--timeline', 'print the compact event timeline of the run')
+    .option('--compare', 'run on every reference driver it applies to (or each --driver) and compare faults, retries, fault latency, invalidations and time')
+    .option('--runs <n>', 'with --compare: schedules per driver (seeds seed, seed+1, ...)', positiveInt, 1)
     .option('--out <dir>', 'where to write the replay file on a failure (default: the current directory)')
     .option('--json', 'machine-readable output')
-    .action(async (spec: string, opts: { driver?: string; seed: number; strategy: string; out?: string; json?: boolean }) => {
+    .action(async (spec: string, opts: { driver: string[]; seed: number; strategy: string; timeline?: boolean; compare?: boolean; runs: number; out?: string; json?: boolean }) => {
       const { scenario, file } = await getScenario(spec);
-      let driver: ScenarioDriver;
-      if (opts.driver !== undefined) {
-        driver = await getDriver(opts.driver);
-        const why = scenarioRejects(scenario, driver);
+      const { registry } = await catalogue();
+      const named = await Promise.all(opts.driver.map(getDriver));
+      for (const d of named) {
+        const why = scenarioRejects(scenario, d);
         if (why !== null) throw new UsageError(why);
-      } else {
-        const { registry } = await catalogue();
-        const d = applicable(scenario, registry.list().filter((x) => x.kind === 'reference'))[0];
+      }
+      if (opts.compare === true) {
+        if (opts.timeline === true) throw new UsageError('--timeline shows one run: it does not go with --compare');
+        const ds = named.length > 0 ? named : applicable(scenario, registry.list('reference'));
+        if (ds.length === 0) throw new UsageError(`no reference driver applies to scenario ${scenario.name}; pass --driver`);
+        const c = await compareScenario(scenario, { drivers: ds, runs: opts.runs, seed: opts.seed, strategy: opts.strategy });
+        const replays = new Map<string, string>();
+        for (const row of c.rows) if (row.firstFailure !== null) replays.set(row.driver, writeReplay(opts.out ?? '.', row.firstFailure, file));
+        if (opts.json === true) json({ ...c, rows: c.rows.map(({ firstFailure, ...row }) => ({ ...row, firstFailure: firstFailure === null ? null : firstFailure.summary, ...(replays.has(row.driver) ? { replay: replays.get(row.driver) } : {}) })) });
+        else {
+          println(renderComparison(c));
+          for (const [driver, p] of replays) println(`${driver}: not coherent; reproduce with: ${replayCommand(p)}`);
+        }
+        throw new Exit(c.rows.every((r) => r.verdicts.coherent === r.runs) ? 0 : 1);
+      }
+      if (named.length > 1) throw new UsageError(`run takes one --driver (got ${named.map((d) => d.name).join(', ')}); use --compare to run several`);
+      let driver: ScenarioDriver;
+      if (named.length === 1) driver = named[0]!;
+      else {
+        const d = applicable(scenario, registry.list('reference'))[0];
         if (d === undefined) throw new UsageError(`no reference driver applies to scenario ${scenario.name}; pass --driver`);
         driver = d;
       }
-      const r = await runScenario(scenario, { driver, seed: opts.seed, strategy: opts.strategy });
+      const r = await runScenario(scenario, { driver, seed: opts.seed, strategy: opts.strategy, timeline: opts.timeline === true });
       const replayPath = r.verdict === 'coherent' ? undefined : writeReplay(opts.out ?? '.', r, file);
       if (opts.json === true) json({ ...scenarioResultToJSON(r), ...(replayPath !== undefined ? { replay: replayPath, replayCommand: replayCommand(replayPath) } : {}) });
       else {
+        if (r.timeline !== null) println(renderTimeline(r.timeline) + '\n');
         println(renderResult(r));
         if (replayPath !== undefined) {
           println(`replay file: ${replayPath}`);
@@ -212,8 +269,9 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
     .command('replay')
     .description('reproduce a run exactly from a replay file')
     .argument('<file>', 'a replay file written by run or check')
+    .option('--timeline', 'print the compact event timeline of the run')
     .option('--json', 'machine-readable output')
-    .action(async (fileArg: string, opts: { json?: boolean }) => {
+    .action(async (fileArg: string, opts: { timeline?: boolean; json?: boolean }) => {
       const p = path.resolve(cwd, fileArg);
       let data: unknown;
       try {
@@ -231,12 +289,15 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
       if (why !== null) throw new UsageError(`replay file ${p}: ${why}`);
       let r: ScenarioResult;
       try {
-        r = await replayScenario(scenario, driver, o.schedule);
+        r = await replayScenario(scenario, driver, o.schedule, { timeline: opts.timeline === true });
       } catch (e) {
         throw new UsageError(`replay file ${p}: bad schedule: ${errText(e)}`);
       }
       if (opts.json === true) json(scenarioResultToJSON(r));
-      else println(renderResult(r));
+      else {
+        if (r.timeline !== null) println(renderTimeline(r.timeline) + '\n');
+        println(renderResult(r));
+      }
       throw new Exit(r.verdict === 'coherent' ? 0 : 1);
     });
 
@@ -281,7 +342,7 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
       const ok = rows.every(okRow);
       if (opts.json === true) json(rows);
       else {
-        const table = new Table({ head: ['scenario', 'driver', 'expect', 'verdict', 'schedules'] });
+        const table = new Table({ style: PLAIN, head: ['scenario', 'driver', 'expect', 'verdict', 'schedules'] });
         for (const r of rows) table.push([r.scenario, r.driver, r.expect, okRow(r) ? r.verdict : `${r.verdict} (FAIL)`, String(r.schedules)]);
         println(table.toString());
         for (const r of rows.filter((x) => !okRow(x))) {

@@ -16,6 +16,7 @@ import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, type MmStruct, PAGE_
 import { EINVAL, EOPNOTSUPP, type Engine, KernelError, WaitQueue, errnoName } from '../sim/index.js';
 import type { DriverApi, DriverCommands, DriverFeature, DriverKind } from './driver.js';
 import type { WorldDevice } from './world.js';
+import './timeline.js'; // the 'scenario.log' trace event
 
 /** A scenario expectation that did not hold. */
 export class ScenarioExpectationError extends Error {
@@ -304,7 +305,10 @@ export class RunContext<S> implements ScenarioContext<S> {
   }
 
   log(message: string): void {
-    this.log_.push({ time: this.engine.now, task: this.engine.current?.name ?? '-', message: String(message) });
+    const m = String(message);
+    this.log_.push({ time: this.engine.now, task: this.engine.current?.name ?? '-', message: m });
+    const t = this.engine.trace;
+    if (t.active && t.wants('scenario.log')) t.emit('scenario.log', { message: m });
   }
 
   bump(counter: string, by = 1): number {

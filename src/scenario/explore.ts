@@ -11,7 +11,7 @@
  */
 import { EINVAL, KernelError, explore } from '../sim/index.js';
 import type { Scenario } from './define.js';
-import { type RunState, type ScenarioResult, type ScenarioRunOptions, type ScenarioStats, VERDICTS, type Verdict, renderResult, resolveTarget, scenarioProgram, toResult } from './runner.js';
+import { type RunState, type ScenarioResult, type ScenarioRunOptions, type ScenarioStats, VERDICTS, type Verdict, mergeFaultLatency, renderResult, resolveTarget, scenarioProgram, toResult } from './runner.js';
 
 /** Options of exploreScenario. */
 export interface ExploreScenarioOptions extends ScenarioRunOptions {
@@ -67,6 +67,7 @@ function emptyTotals(): { -readonly [K in keyof ScenarioStats]: ScenarioStats[K]
     tlbHitRate: null,
     shootdowns: 0,
     cancels: 0,
+    faultLatency: mergeFaultLatency([]),
     driver: {},
     oracle: null,
   };
@@ -86,6 +87,7 @@ function addStats(t: ReturnType<typeof emptyTotals>, s: ScenarioStats): void {
   t.tlbHitRate = t.tlbHits + t.tlbMisses === 0 ? null : t.tlbHits / (t.tlbHits + t.tlbMisses);
   t.shootdowns += s.shootdowns;
   t.cancels += s.cancels;
+  t.faultLatency = mergeFaultLatency([t.faultLatency, s.faultLatency]);
   const d = t.driver as Record<string, number>;
   for (const [k, v] of Object.entries(s.driver)) d[k] = (d[k] ?? 0) + v;
   if (s.oracle !== null) {
@@ -222,4 +224,59 @@ export async function checkScenario(scenario: Scenario, opts: CheckScenarioOptio
     else message = `${where}: expected a catch (${caughtBy.join(' or ')}), but the first failing run ended with ${firstFailure.verdict}:\n${renderResult(firstFailure)}`;
   }
   return { scenario: t.scenario.name, driver: t.driver.name, expected, ok, runs, explorations, firstFailure, message };
+}
+
+/** Options of compareScenario. */
+export interface CompareScenarioOptions extends Omit<ScenarioRunOptions, 'driver'> {
+  /** The drivers to compare (objects, or names in `registry`). At least one. */
+  readonly drivers: readonly (ScenarioRunOptions['driver'])[];
+  /** Schedules per driver: seeds seed, seed + 1, ... Default 1. */
+  readonly runs?: number;
+  readonly seed?: number;
+  /** Default 'random'. */
+  readonly strategy?: string;
+}
+
+/** One driver's line of a comparison. */
+export interface ComparisonRow {
+  readonly driver: string;
+  readonly api: string;
+  readonly runs: number;
+  readonly verdicts: Readonly<Record<Verdict, number>>;
+  /** Statistics summed over the runs (divide by `runs` for per-run figures). */
+  readonly totals: ScenarioStats;
+  /** The first run that was not coherent, or null. */
+  readonly firstFailure: ScenarioResult | null;
+}
+
+/** The outcome of a comparison: the same workload, seeds and strategy on each driver. */
+export interface ScenarioComparison {
+  readonly scenario: string;
+  readonly strategy: string;
+  readonly seed: number;
+  readonly runs: number;
+  readonly rows: readonly ComparisonRow[];
+}
+
+/**
+ * Runs `scenario` on each driver under the same seeds and strategy (every run, not stopping at
+ * a failure) and returns each driver's verdicts and summed statistics: how the 2015 API and
+ * the modern one (or two drivers of one API) fare on one workload, in retries, faults, fault
+ * latency, invalidations and virtual time. Every driver must accept the scenario.
+ */
+export async function compareScenario(scenario: Scenario, opts: CompareScenarioOptions): Promise<ScenarioComparison> {
+  if (opts === null || typeof opts !== 'object') throw new KernelError(EINVAL, `compareScenario: options must be an object with drivers: ${String(opts)}`);
+  if (!Array.isArray(opts.drivers) || opts.drivers.length === 0) throw new KernelError(EINVAL, `compareScenario: drivers must be a non-empty array: ${String(opts.drivers)}`);
+  const runs = opts.runs ?? 1;
+  if (!Number.isInteger(runs) || runs < 1) throw new KernelError(EINVAL, `compareScenario: runs must be a positive integer: ${String(runs)}`);
+  const strategy = opts.strategy ?? 'random';
+  const seed = opts.seed ?? 0;
+  // Resolve every driver first: a bad one fails the call before anything runs.
+  const targets = opts.drivers.map((d) => resolveTarget(scenario, d, opts.registry, 'compareScenario'));
+  const rows: ComparisonRow[] = [];
+  for (const t of targets) {
+    const e = await exploreScenario(t.scenario, { ...opts, driver: t.driver, runs, seed, strategy, stopOnFailure: false, keepFailures: 1 });
+    rows.push({ driver: t.driver.name, api: t.driver.api, runs: e.runs, verdicts: e.verdicts, totals: e.totals, firstFailure: e.firstFailure });
+  }
+  return { scenario: targets[0]!.scenario.name, strategy, seed, runs, rows };
 }

@@ -7,7 +7,9 @@ export { DriverRegistry, selectorRejects, describeSelector, checkScenarioDriver,
 export type { ScenarioDriver, BoundDevice, BindRequest, DriverCommands, DriverSelector, DriverApi, DriverKind, DriverFeature } from './driver.js';
 export { buildWorld, bindDevices } from './world.js';
 export type { ScenarioWorld, WorldDevice, BuildWorldOptions } from './world.js';
-export { runScenario, replayScenario, scenarioRejects, renderResult, formatStats, scenarioResultToJSON, normalizeMmIds, VERDICTS } from './runner.js';
-export type { ScenarioResult, ScenarioStats, Verdict, RunScenarioOptions, ReplayScenarioOptions, ScenarioRunOptions } from './runner.js';
-export { exploreScenario, checkScenario } from './explore.js';
-export type { ExploreScenarioOptions, ScenarioExploreResult, CheckScenarioOptions, ScenarioCheckResult, Expectation } from './explore.js';
+export { runScenario, replayScenario, scenarioRejects, renderResult, formatStats, scenarioResultToJSON, normalizeMmIds, mergeFaultLatency, VERDICTS } from './runner.js';
+export type { ScenarioResult, ScenarioStats, FaultLatencyStats, Verdict, RunScenarioOptions, ReplayScenarioOptions, ScenarioRunOptions } from './runner.js';
+export { exploreScenario, checkScenario, compareScenario } from './explore.js';
+export type { ExploreScenarioOptions, ScenarioExploreResult, CheckScenarioOptions, ScenarioCheckResult, Expectation, CompareScenarioOptions, ComparisonRow, ScenarioComparison } from './explore.js';
+export { TimelineRecorder, renderTimeline, TIMELINE_EVENTS } from './timeline.js';
+export type { Timeline, TimelineEntry, TimelineOptions } from './timeline.js';

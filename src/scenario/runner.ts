@@ -28,9 +28,11 @@
  * so a replay's reportText equals the original's.
  */
 import { CoherencyViolation, type OracleOptions, type OracleStats, type ViolationReport } from '../check/index.js';
+import { FAULT_LATENCY_BUCKETS_NS } from '../device/index.js';
 import { type MmStruct, exitMm } from '../mm/index.js';
 import { EINVAL, type Engine, KernelError, type Program, type RunResult, type Schedule, TaskCrashedError, replay, runProgram } from '../sim/index.js';
 import { type LogEntry, RunContext, ScenarioExpectationError } from './context.js';
+import { type Timeline, type TimelineOptions, TimelineRecorder } from './timeline.js';
 import { SCENARIO_TASK, type Scenario, isScenario } from './define.js';
 import { type DriverRegistry, type ScenarioDriver, checkScenarioDriver, selectorRejects } from './driver.js';
 import { type ScenarioWorld, type WorldDevice, bindDevice, bindDevices, buildWorld } from './world.js';
@@ -53,6 +55,8 @@ export interface ScenarioRunOptions {
   readonly lockdep?: boolean;
   /** Make WARN_ON fatal. Default false. */
   readonly warnFatal?: boolean;
+  /** Record the compact event timeline (result.timeline): true, or which events. Default false. */
+  readonly timeline?: boolean | TimelineOptions;
 }
 
 /** Options of runScenario. */
@@ -94,10 +98,38 @@ export interface ScenarioStats {
   readonly shootdowns: number;
   /** Device jobs killed by a cancel. */
   readonly cancels: number;
+  /** Device fault latency over every device: stall to successful retry, virtual ns. */
+  readonly faultLatency: FaultLatencyStats;
   /** The drivers' own counters, summed over the devices. */
   readonly driver: Readonly<Record<string, number>>;
   /** What the oracle checked, or null without the oracle. */
   readonly oracle: Readonly<OracleStats> | null;
+}
+
+/** A fault-latency distribution summed over devices (or runs). */
+export interface FaultLatencyStats {
+  /** Faults serviced (accesses that stalled and then completed). */
+  readonly count: number;
+  /** 0 with no fault. */
+  readonly meanNs: number;
+  readonly maxNs: number;
+  /** Counts per FAULT_LATENCY_BUCKETS_NS bucket (the last takes the rest). */
+  readonly histogram: readonly number[];
+}
+
+/** Sums fault-latency distributions. */
+export function mergeFaultLatency(parts: readonly FaultLatencyStats[]): FaultLatencyStats {
+  let count = 0;
+  let sum = 0;
+  let maxNs = 0;
+  const histogram = new Array<number>(FAULT_LATENCY_BUCKETS_NS.length + 1).fill(0);
+  for (const p of parts) {
+    count += p.count;
+    sum += p.meanNs * p.count;
+    if (p.maxNs > maxNs) maxNs = p.maxNs;
+    p.histogram.forEach((n, i) => (histogram[i]! += n));
+  }
+  return { count, meanNs: count === 0 ? 0 : sum / count, maxNs, histogram };
 }
 
 /** The outcome of one run. */
@@ -120,6 +152,8 @@ export interface ScenarioResult {
   readonly stats: ScenarioStats;
   /** ctx.log lines. */
   readonly log: readonly LogEntry[];
+  /** The event timeline, when the run was asked for one (options.timeline), else null. */
+  readonly timeline: Timeline | null;
 }
 
 /** @internal the state of one run, captured by the program for the result. */
@@ -129,6 +163,8 @@ export interface RunState {
   readonly devices: WorldDevice[];
   /** Process-wide mm id -> its creation order in this run (1-based). */
   readonly mmIds: Map<number, number>;
+  /** The timeline recorder, when asked for. */
+  readonly timeline: TimelineRecorder | null;
 }
 
 /** Null if `scenario` applies to `driver`, else why not (one line). */
@@ -156,14 +192,17 @@ export function resolveTarget(scenario: unknown, driver: unknown, registry: Driv
  * @internal the sim Program of `scenario` on `driver`; each call reports its run state to
  * `sink` before the run starts (the last call is the run whose result comes next).
  */
-export function scenarioProgram(scenario: Scenario, driver: ScenarioDriver, opts: Pick<ScenarioRunOptions, 'oracle'>, sink: (s: RunState) => void): Program {
+export function scenarioProgram(scenario: Scenario, driver: ScenarioDriver, opts: Pick<ScenarioRunOptions, 'oracle' | 'timeline'>, sink: (s: RunState) => void): Program {
+  const tl = opts.timeline ?? false;
+  if (typeof tl !== 'boolean' && (tl === null || typeof tl !== 'object')) throw new KernelError(EINVAL, `timeline must be a boolean or timeline options: ${String(tl)}`);
   return (engine: Engine) => {
+    const timeline = tl === false ? null : new TimelineRecorder(engine, tl === true ? {} : tl);
     const mmIds = new Map<number, number>();
     if (opts.oracle !== false) engine.trace.on('mm.create', (ev) => void mmIds.set(ev.mm, mmIds.size + 1));
     const world = buildWorld(engine, scenario.world, opts.oracle === undefined ? {} : { oracle: opts.oracle });
     const info = { name: driver.name, api: driver.api, kind: driver.kind, features: driver.features };
     const ctx = new RunContext<unknown>(engine, world.phys, world.mms, info, scenario.state(), world.oracle);
-    const run: RunState = { world, ctx, devices: [], mmIds };
+    const run: RunState = { world, ctx, devices: [], mmIds, timeline };
     ctx.binder = async (name, mm) => {
       const spec = world.spec.devices.find((d) => d.name === name);
       if (spec === undefined || !spec.deferred) {
@@ -221,6 +260,7 @@ export function collectStats(r: RunResult, run: RunState): ScenarioStats {
   let tlbMisses = 0;
   let shootdowns = 0;
   let cancels = 0;
+  const latency: FaultLatencyStats[] = [];
   const driver: Record<string, number> = {};
   for (const d of run.devices) {
     const s = d.bound.device.stats;
@@ -230,6 +270,7 @@ export function collectStats(r: RunResult, run: RunState): ScenarioStats {
     tlbMisses += s.tlbMisses;
     shootdowns += s.invalidations + s.invalidationsAll;
     cancels += s.cancels;
+    latency.push(s.faultLatency());
     sumInto(driver, d.bound.stats());
   }
   return {
@@ -246,6 +287,7 @@ export function collectStats(r: RunResult, run: RunState): ScenarioStats {
     tlbHitRate: tlbHits + tlbMisses === 0 ? null : tlbHits / (tlbHits + tlbMisses),
     shootdowns,
     cancels,
+    faultLatency: mergeFaultLatency(latency),
     driver,
     oracle: run.world.oracle === null ? null : { ...run.world.oracle.stats },
   };
@@ -266,6 +308,14 @@ export function normalizeMmIds(text: string, ids: ReadonlyMap<number, number>): 
       return l;
     })
     .join('\n');
+}
+
+/** The timeline with run-local mm ids (as reports have them), so that a replay prints the same lines. */
+function normalizeTimeline(t: Timeline, ids: ReadonlyMap<number, number>): Timeline {
+  return {
+    dropped: t.dropped,
+    entries: t.entries.map((e) => ({ ...e, text: normalizeMmIds(` ${e.type} ${e.text}`, ids).slice(e.type.length + 2), lastText: e.lastText === null ? null : normalizeMmIds(` ${e.type} ${e.lastText}`, ids).slice(e.type.length + 2) })),
+  };
 }
 
 /** @internal the result of a finished run. */
@@ -322,6 +372,7 @@ export function toResult(scenario: Scenario, driver: ScenarioDriver, r: RunResul
     },
     stats: collectStats(r, run),
     log: run.ctx.log_,
+    timeline: run.timeline === null ? null : normalizeTimeline(run.timeline.timeline(), run.mmIds),
   };
 }
 
@@ -367,7 +418,8 @@ export function renderResult(r: ScenarioResult): string {
 /** Statistics on one line. */
 export function formatStats(s: ScenarioStats): string {
   const rate = s.tlbHitRate === null ? '-' : `${(100 * s.tlbHitRate).toFixed(1)}%`;
-  return `cpu faults ${s.cpuFaults}, device faults ${s.deviceFaults}, retries ${s.retries}, invalidations ${s.invalidations}, shootdowns ${s.shootdowns}, TLB hit rate ${rate}, device accesses ${s.deviceAccesses}, cancels ${s.cancels}, virtual time ${s.time}ns, steps ${s.steps}`;
+  const lat = s.faultLatency.count === 0 ? '-' : `mean ${Math.round(s.faultLatency.meanNs)}ns max ${s.faultLatency.maxNs}ns`;
+  return `cpu faults ${s.cpuFaults}, device faults ${s.deviceFaults}, retries ${s.retries}, fault latency ${lat}, invalidations ${s.invalidations}, shootdowns ${s.shootdowns}, TLB hit rate ${rate}, device accesses ${s.deviceAccesses}, cancels ${s.cancels}, virtual time ${s.time}ns, steps ${s.steps}`;
 }
 
 /** A JSON-safe view of a result. */
@@ -387,5 +439,6 @@ export function scenarioResultToJSON(r: ScenarioResult): Record<string, unknown>
     reportText: r.reportText,
     stats: r.stats,
     log: r.log,
+    ...(r.timeline !== null ? { timeline: r.timeline } : {}),
   };
 }

@@ -98,6 +98,63 @@ describe('hmm-emu run and replay', () => {
   });
 });
 
+describe('hmm-emu run --timeline, --compare and hmm-tests names', () => {
+  it('--timeline prints the event timeline before the verdict; replay --timeline prints the same timeline', async () => {
+    const r = await cli(['run', fixture('lost-update.ts'), '--driver', 'dmirror', '--timeline']);
+    expect(r.code).toBe(1);
+    const [timeline, rest] = r.out.split('\n\n', 2) as [string, string];
+    expect(timeline).toMatch(/^\s+0ns {2}-\s+task\.spawn\s+name=scenario$/m);
+    expect(timeline).toMatch(/notifier\.register\s+mm=1 sub=gpu0\.dmirror0 kind=interval/);
+    expect(rest).toContain('lost-update on dmirror: failed');
+    const file = readdirSync(r.cwd)[0]!;
+    const again = await cli(['replay', file, '--timeline'], r.cwd);
+    expect(again.code).toBe(1);
+    expect(again.out.split('\n\n', 1)[0]).toBe(timeline);
+    const j = await cli(['run', 'device-write-vs-mprotect', '--driver', 'dmirror', '--timeline', '--json']);
+    const tl = (JSON.parse(j.out) as { timeline: { entries: { type: string }[]; dropped: number } }).timeline;
+    expect(tl.dropped).toBe(0);
+    expect(tl.entries.map((e) => e.type)).toContain('mm.syscall');
+  });
+
+  it('--compare runs every applicable reference driver (or each --driver) on the same seeds and tabulates retries and fault latency', async () => {
+    const r = await cli(['run', 'device-write-vs-mprotect', '--compare', '--runs', '3', '--json']);
+    expect(r.code, r.err).toBe(0);
+    const c = JSON.parse(r.out) as { scenario: string; runs: number; rows: { driver: string; runs: number; verdicts: { coherent: number }; totals: { retries: number; faultLatency: { count: number } }; firstFailure: string | null }[] };
+    // Every reference driver: the scenario applies to any driver.
+    expect(c.rows.map((x) => [x.driver, x.runs, x.verdicts.coherent, x.firstFailure])).toEqual([
+      ['dmirror', 3, 3, null],
+      ['hmm2015', 3, 3, null],
+      ['mockgpu', 3, 3, null],
+    ]);
+    for (const x of c.rows) expect(x.totals.faultLatency.count).toBeGreaterThan(0);
+    const t = await cli(['run', 'device-write-vs-mprotect', '--compare', '--driver', 'mockgpu', '--driver', 'dmirror']);
+    expect(t.code).toBe(0);
+    expect(t.out).toMatch(/device-write-vs-mprotect: seed 0, strategy random/);
+    expect(t.out).toMatch(/│ mockgpu │ modern │ 1\/1 +│/);
+    expect(t.out).toContain('fault latency mean');
+    expect(t.out.indexOf('mockgpu')).toBeLessThan(t.out.indexOf('dmirror'));
+    // A failing driver: exit 1, a replay file per failing driver.
+    const f = await cli(['run', fixture('lost-update.ts'), '--compare', '--driver', 'dmirror']);
+    expect(f.code).toBe(1);
+    expect(f.out).toMatch(/dmirror: not coherent; reproduce with: hmm-emu replay /);
+    expect(readdirSync(f.cwd)).toHaveLength(1);
+  });
+
+  it('refuses two drivers without --compare, and --timeline with --compare', async () => {
+    expect(await cli(['run', 'device-write-vs-mprotect', '--driver', 'dmirror', '--driver', 'mockgpu'])).toMatchObject({ code: 2, err: expect.stringMatching(/run takes one --driver \(got dmirror, mockgpu\); use --compare/) });
+    expect(await cli(['run', 'device-write-vs-mprotect', '--compare', '--timeline'])).toMatchObject({ code: 2, err: expect.stringMatching(/--timeline shows one run/) });
+    expect(await cli(['run', 'device-write-vs-mprotect', '--compare', '--runs', '0'])).toMatchObject({ code: 2 });
+  });
+
+  it('accepts the hmm-tests spelling of a scenario name (underscores), and list shows each scenario\'s origin', async () => {
+    const r = await cli(['run', 'device_write_vs_mprotect', '--driver', 'dmirror']);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('device-write-vs-mprotect on dmirror: coherent');
+    const l = JSON.parse((await cli(['list', '--json'])).out) as { scenarios: { name: string; origin: string }[] };
+    expect(l.scenarios.every((s) => typeof s.origin === 'string')).toBe(true);
+  });
+});
+
 describe('hmm-emu check', () => {
   it('reports each pair with its expectation; a violating scenario fails the check with a replay file', async () => {
     const r = await cli(['check', 'device-write-vs-mprotect', fixture('lost-update.ts'), '--driver', 'dmirror', '--schedules', '3', '--json']);
