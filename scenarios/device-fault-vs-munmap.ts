@@ -23,6 +23,7 @@ const BUF = 0x10_0000_0000;
 export const deviceFaultVsMunmap = defineScenario({
   name: 'device-fault-vs-munmap',
   description: 'Two device jobs read and write 8 pages while the CPU unmaps the upper half at a chosen time and maps fresh memory there; no device access may reach a frame the CPU no longer maps.',
+  origin: 'tools/testing/selftests/mm/hmm-tests.c: anon_teardown, on a device with a TLB and a fault buffer; bug classes 1, 5, 10 (linux-hmm.md §8)',
   tags: ['race', 'munmap', 'fault', 'use-after-free', 'hmm-tests:anon_teardown'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 16 }] },
   drivers: { api: 'modern' },

@@ -18,6 +18,7 @@ const BUF = 0x10_0000_0000;
 export const deviceFaultWokenMunmap = defineScenario({
   name: 'device-fault-woken-munmap',
   description: 'A CPU thread woken by the k-th device fault on the upper half of 8 mirrored pages unmaps that half while the fault is serviced; the driver must not commit the stale translation.',
+  origin: 'bug class 1 (linux-hmm.md §8): a commit without mmu_interval_read_retry under the update lock (the rule of Documentation/mm/hmm.rst)',
   tags: ['race', 'munmap', 'fault', 'read-retry'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 16 }] },
   drivers: { api: 'modern' },

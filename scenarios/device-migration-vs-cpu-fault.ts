@@ -33,6 +33,7 @@ async function deviceSide(ctx: ScenarioContext, w: WarpContext): Promise<void> {
 export const deviceMigrationVsCpuFault = defineScenario({
   name: 'device-migration-vs-cpu-fault',
   description: 'The driver migrates 8 pages to device memory twice at chosen moments while a CPU thread faults them back by writing and reading them and the device reads and writes them; every read must see the last write.',
+  origin: 'lib/test_hmm.c dmirror_migrate_to_device + dmirror_devmem_fault (migrate_to_ram); bug class 4 (an owner-filtered invalidation that skips without zapping)',
   tags: ['race', 'migration', 'device-private', 'migrate_to_ram'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 32 }] },
   drivers: { features: ['device-migration'] },

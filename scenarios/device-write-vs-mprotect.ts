@@ -37,6 +37,7 @@ async function writer(ctx: ScenarioContext, w: WarpContext): Promise<void> {
 export const deviceWriteVsMprotect = defineScenario({
   name: 'device-write-vs-mprotect',
   description: 'Two warps store to and increment 8 pages round after round while the CPU makes the middle four read-only at a chosen moment; no device write may land where the CPU forbids writing.',
+  origin: 'hmm-tests.c anon_write_prot, as a race; bug classes 1 and 5 (a writable device TLB entry after MMU_NOTIFY_PROTECTION_VMA)',
   tags: ['race', 'mprotect', 'write-protect', 'tlb'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 16 }] },
   drivers: 'any',

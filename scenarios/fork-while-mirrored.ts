@@ -37,6 +37,7 @@ async function writer(ctx: ScenarioContext, w: WarpContext): Promise<void> {
 export const forkWhileMirrored = defineScenario({
   name: 'fork-while-mirrored',
   description: 'The process forks at a chosen moment while the device writes its memory; the child must see exactly the memory at fork time and the parent every device write.',
+  origin: 'hmm-tests.c anon_write_child, as a race; bug class 8 (fork/COW: device mappings of private pages must lose write permission)',
   tags: ['race', 'fork', 'cow', 'write-protect'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 16 }] },
   drivers: 'any',

@@ -31,6 +31,7 @@ const DROP = 11;
 export const hmm2015FaultVsMunmap = defineScenario({
   name: 'hmm2015-fault-vs-munmap',
   description: 'Device faults through the 2015 hmm_mirror_fault, with fault windows spanning a 2 MiB page-table boundary, race an munmap and remap of the pages around the boundary and a madvise(DONTNEED) of the top pages; no device access may reach a freed frame.',
+  origin: 'the 2015 HMM patches: hmm_device_fault_start / hmm_wait_device_fault and the backoff protocol (seed-2015-mmu-notifier-range-tracking.txt)',
   tags: ['race', 'munmap', 'madvise', 'fault', '2015-api', 'backoff'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 0, driverOptions: { faultWindowPages: 4 } }] },
   drivers: { api: '2015' },

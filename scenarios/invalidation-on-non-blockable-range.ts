@@ -36,6 +36,7 @@ async function busy(ctx: ScenarioContext, w: WarpContext): Promise<void> {
 export const invalidationOnNonBlockableRange = defineScenario({
   name: 'invalidation-on-non-blockable-range',
   description: 'The OOM reaper unmaps a process with non-blockable invalidations while its device is busy, then the process exits; the driver must neither sleep in the non-blockable callback nor report a zap it did not do.',
+  origin: 'mm/oom_kill.c __oom_reap_task_mm with mmu_notifier_invalidate_range_start_nonblock; bug class 3 (sleeping in a non-blockable invalidate)',
   tags: ['race', 'oom', 'non-blockable', 'exit'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 16 }] },
   drivers: 'any',

@@ -14,6 +14,7 @@ const BUF = 0x10_0000_0000;
 export const oomReaperVsDeviceFault = defineScenario({
   name: 'oom-reaper-vs-device-fault',
   description: 'The OOM reaper reaps a process after a chosen delay while two device warps read its memory; the driver must not sleep in the non-blockable invalidation.',
+  origin: 'mm/oom_kill.c oom_reap_task (3 attempts on -EAGAIN); bug class 3',
   tags: ['race', 'oom', 'non-blockable'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 16 }] },
   drivers: 'any',

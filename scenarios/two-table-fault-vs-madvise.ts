@@ -17,6 +17,7 @@ const A = PMD_SIZE - PAGE_SIZE;
 export const twoTableFaultVsMadvise = defineScenario({
   name: 'two-table-fault-vs-madvise',
   description: 'A device fault window of two pages straddling a PMD boundary races madvise(DONTNEED) of its first page from a thread woken by each fault; the driver must not map the zapped frame.',
+  origin: 'bug class 1 (linux-hmm.md §8): the interval sequence read after the hmm_range_fault walk instead of before it',
   tags: ['race', 'madvise', 'fault', 'read-retry'],
   world: { frames: 256, devices: [{ name: 'gpu0', memoryFrames: 16, driverOptions: { faultWindowPages: 2 } }] },
   drivers: { api: 'modern' },
