@@ -25,7 +25,7 @@ import {
   scenarioResultToJSON,
 } from '../scenario/index.js';
 import { runDemo } from './demo.js';
-import { type Bundled, type ModuleImporter, UsageError, defaultImporter, isScenarioFile, loadBundledFromPackage, loadScenarioFile } from './load.js';
+import { type Bundled, type ModuleImporter, UsageError, defaultImporter, isScenarioFile, loadBundledFromPackage, loadDriverFile, loadScenarioFile } from './load.js';
 
 /** Where the command reads and writes. Every field is optional; the defaults are the process's. */
 export interface CliIo {
@@ -48,6 +48,8 @@ export interface ReplayFile {
   /** The scenario file the scenario came from, when not a bundled one. */
   readonly scenarioFile?: string;
   readonly driver: string;
+  /** The driver file the driver came from, when not a registered one. */
+  readonly driverFile?: string;
   readonly schedule: string;
 }
 
@@ -145,7 +147,15 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
   const println = (s = ''): void => out(s + '\n');
   const json = (v: unknown): void => println(JSON.stringify(v, null, 2));
 
+  /** Driver files loaded so far, by the driver's name (for replay files). */
+  const driverFiles = new Map<string, string>();
+  /** A registered driver by name, or a driver file (path, or path#name). */
   const getDriver = async (name: string): Promise<ScenarioDriver> => {
+    if (isScenarioFile(name)) {
+      const { file, driver } = await loadDriverFile(name, cwd, importer);
+      driverFiles.set(driver.name, file);
+      return driver;
+    }
     const { registry } = await catalogue();
     if (!registry.has(name)) throw new UsageError(`unknown driver ${JSON.stringify(name)} (known: ${registry.list().map((d) => d.name).join(', ')})`);
     return registry.get(name);
@@ -161,7 +171,8 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
   };
   const applicable = (s: Scenario, ds: readonly ScenarioDriver[]): ScenarioDriver[] => ds.filter((d) => scenarioRejects(s, d) === null);
   const writeReplay = (dir: string, r: ScenarioResult, file: string | undefined): string => {
-    const data: ReplayFile = { scenario: r.scenario, ...(file !== undefined ? { scenarioFile: file } : {}), driver: r.driver, schedule: r.schedule };
+    const driverFile = driverFiles.get(r.driver);
+    const data: ReplayFile = { scenario: r.scenario, ...(file !== undefined ? { scenarioFile: file } : {}), driver: r.driver, ...(driverFile !== undefined ? { driverFile } : {}), schedule: r.schedule };
     const d = path.resolve(cwd, dir);
     mkdirSync(d, { recursive: true });
     const p = path.join(d, `hmm-emu-replay-${r.scenario}-${r.driver}-${r.run.strategy.replace(/[^a-z0-9]+/gi, '_')}-seed${r.run.seed}.json`);
@@ -213,7 +224,7 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
     .command('run')
     .description('run one scenario once on one driver (or, with --compare, on several, side by side)')
     .argument('<scenario>', 'a bundled scenario name (hmm-tests names such as anon_read work too), or a scenario file (path[#name])')
-    .option('--driver <name>', 'the driver (default: the first reference driver it applies to); repeat it with --compare', collect, [])
+    .option('--driver <name>', 'a registered driver or a driver file (path[#name]); default: the first reference driver the scenario applies to; repeat it with --compare', collect, [])
     .option('--seed <n>', 'the seed', nonNegInt('seed'), 0)
     .option('--strategy <spec>', 'fifo, random or pct:D', strategyArg, 'random')
     .option('--timeline', 'print the compact event timeline of the run')
@@ -280,11 +291,19 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
         throw new UsageError(`cannot read replay file ${p}: ${errText(e)}`);
       }
       const o = data as Partial<Record<keyof ReplayFile, unknown>>;
-      if (data === null || typeof data !== 'object' || typeof o.scenario !== 'string' || typeof o.driver !== 'string' || typeof o.schedule !== 'string' || (o.scenarioFile !== undefined && typeof o.scenarioFile !== 'string')) {
-        throw new UsageError(`malformed replay file ${p}: expected a JSON object with string fields scenario, driver and schedule`);
+      if (
+        data === null ||
+        typeof data !== 'object' ||
+        typeof o.scenario !== 'string' ||
+        typeof o.driver !== 'string' ||
+        typeof o.schedule !== 'string' ||
+        (o.scenarioFile !== undefined && typeof o.scenarioFile !== 'string') ||
+        (o.driverFile !== undefined && typeof o.driverFile !== 'string')
+      ) {
+        throw new UsageError(`malformed replay file ${p}: expected a JSON object with string fields scenario, driver and schedule (and optionally scenarioFile, driverFile)`);
       }
       const { scenario } = await getScenario(typeof o.scenarioFile === 'string' ? `${o.scenarioFile}#${o.scenario}` : o.scenario);
-      const driver = await getDriver(o.driver);
+      const driver = await getDriver(typeof o.driverFile === 'string' ? `${o.driverFile}#${o.driver}` : o.driver);
       const why = scenarioRejects(scenario, driver);
       if (why !== null) throw new UsageError(`replay file ${p}: ${why}`);
       let r: ScenarioResult;
@@ -305,7 +324,7 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
     .command('check')
     .description('every scenario on every reference driver it applies to (expect coherent), every buggy driver on the scenarios it declares (expect caught)')
     .argument('[scenarios...]', 'scenario names or files (default: every bundled scenario)')
-    .option('--driver <names...>', 'only these drivers')
+    .option('--driver <names...>', 'only these drivers (registered names or driver files)')
     .option('--schedules <n>', 'schedules per strategy (random, then pct:3)', positiveInt, DEFAULT_CHECK_SCHEDULES)
     .option('--out <dir>', 'where to write replay files of unexpected failures (default: the current directory)')
     .option('--json', 'machine-readable output')

@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { type DriverRegistry, type Scenario, isScenario } from '../scenario/index.js';
+import { type DriverRegistry, type Scenario, type ScenarioDriver, checkScenarioDriver, isScenario } from '../scenario/index.js';
 
 /** What the CLI needs from scenarios/ and drivers/. */
 export interface Bundled {
@@ -93,4 +93,45 @@ export async function loadScenarioFile(spec: string, cwd: string, importer: Modu
   }
   if (found.size > 1) throw new UsageError(`scenario file ${file} exports ${found.size} scenarios (${[...found.keys()].join(', ')}): pick one with ${file}#<name>`);
   return { file, scenario: [...found.values()][0]! };
+}
+
+/** True if the value looks like a driver adapter (then checkScenarioDriver says what is wrong with it). */
+function looksLikeDriver(v: unknown): boolean {
+  return v !== null && typeof v === 'object' && typeof (v as { bind?: unknown }).bind === 'function' && typeof (v as { name?: unknown }).name === 'string';
+}
+
+/**
+ * The driver adapters (ScenarioDriver objects) a user's driver file exports. `spec` is `path`
+ * or `path#name`. UsageError naming the file if it cannot be read, fails to load, exports no
+ * driver, or exports a malformed one (with checkScenarioDriver's message).
+ */
+export async function loadDriverFile(spec: string, cwd: string, importer: ModuleImporter): Promise<{ file: string; driver: ScenarioDriver }> {
+  const hash = spec.lastIndexOf('#');
+  const file = path.resolve(cwd, hash >= 0 ? spec.slice(0, hash) : spec);
+  const pick = hash >= 0 ? spec.slice(hash + 1) : undefined;
+  if (!existsSync(file)) throw new UsageError(`driver file ${file} does not exist`);
+  let mod: Record<string, unknown>;
+  try {
+    mod = await importer(file);
+  } catch (e) {
+    throw new UsageError(`driver file ${file} failed to load: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const found = new Map<string, ScenarioDriver>();
+  for (const [k, v] of Object.entries(mod)) {
+    if (!looksLikeDriver(v)) continue;
+    try {
+      const d = checkScenarioDriver(v, `driver file ${file}: export ${k}`);
+      found.set(d.name, d);
+    } catch (e) {
+      throw new UsageError(`driver file ${file} is malformed: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  if (found.size === 0) throw new UsageError(`driver file ${file} is malformed: it exports no driver (a ScenarioDriver object: name, description, api, kind, features, bind)`);
+  if (pick !== undefined) {
+    const d = found.get(pick);
+    if (d === undefined) throw new UsageError(`driver file ${file} exports no driver named ${JSON.stringify(pick)} (it exports: ${[...found.keys()].join(', ')})`);
+    return { file, driver: d };
+  }
+  if (found.size > 1) throw new UsageError(`driver file ${file} exports ${found.size} drivers (${[...found.keys()].join(', ')}): pick one with ${file}#<name>`);
+  return { file, driver: [...found.values()][0]! };
 }

@@ -155,6 +155,33 @@ describe('hmm-emu run --timeline, --compare and hmm-tests names', () => {
   });
 });
 
+describe('driver files', () => {
+  it('run, check and replay take a driver file (path#name) the way they take a scenario file', async () => {
+    const ok = await cli(['check', 'device-fault-vs-munmap', '--driver', `${fixture('mini-drivers.ts')}#mini-correct`, `${fixture('mini-drivers.ts')}#mini-skip-zap`, '--schedules', '20', '--json']);
+    expect(ok.code, ok.err).toBe(0);
+    expect((JSON.parse(ok.out) as { driver: string; expect: string; verdict: string }[]).map((r) => [r.driver, r.expect, r.verdict])).toEqual([
+      ['mini-correct', 'coherent', 'coherent'],
+      ['mini-skip-zap', 'caught', 'caught'],
+    ]);
+    const r = await cli(['run', 'device-fault-vs-munmap', '--driver', `${fixture('mini-drivers.ts')}#mini-skip-zap`, '--seed', '0', '--strategy', 'pct:3', '--json']);
+    expect(r.code).toBe(1);
+    const j = JSON.parse(r.out) as { verdict: string; reportText: string; replay: string };
+    expect(j.verdict).toBe('violation');
+    const file = JSON.parse(readFileSync(j.replay, 'utf8')) as { driver: string; driverFile: string };
+    expect(file).toMatchObject({ driver: 'mini-skip-zap', driverFile: fixture('mini-drivers.ts') });
+    const again = await cli(['replay', j.replay, '--json'], r.cwd);
+    expect(again.code).toBe(1);
+    expect((JSON.parse(again.out) as { reportText: string }).reportText).toBe(j.reportText);
+  });
+
+  it('a driver file that is missing, exports several drivers unpicked, or a malformed one is bad input (exit 2)', async () => {
+    expect(await cli(['run', 'device-fault-vs-munmap', '--driver', fixture('missing-driver.ts')])).toMatchObject({ code: 2, err: expect.stringMatching(/driver file .*missing-driver\.ts does not exist/) });
+    expect(await cli(['run', 'device-fault-vs-munmap', '--driver', fixture('mini-drivers.ts')])).toMatchObject({ code: 2, err: expect.stringMatching(/exports 2 drivers \(mini-correct, mini-skip-zap\): pick one/) });
+    expect(await cli(['run', 'device-fault-vs-munmap', '--driver', fixture('bad-driver.ts')])).toMatchObject({ code: 2, err: expect.stringMatching(/bad-driver\.ts is malformed: .*api must be '2015' or 'modern': "2030"/) });
+    expect(await cli(['run', 'device-fault-vs-munmap', '--driver', fixture('lost-update.ts')])).toMatchObject({ code: 2, err: expect.stringMatching(/lost-update\.ts is malformed: it exports no driver/) });
+  });
+});
+
 describe('hmm-emu check', () => {
   it('reports each pair with its expectation; a violating scenario fails the check with a replay file', async () => {
     const r = await cli(['check', 'device-write-vs-mprotect', fixture('lost-update.ts'), '--driver', 'dmirror', '--schedules', '3', '--json']);
