@@ -315,10 +315,10 @@ const variant = (cls: VariantClass) => (t: Target) => variantAdapter(cls.name, c
 const CASES: readonly BugCase[] = [
   { id: 1, target: aimedMunmapTarget, reference: 'dmirror', driver: variant(NoReadRetryDmirror), caughtAs: ['use-after-free/at-map', 'use-after-free/at-use', 'invalidation/install-during-invalidation', 'translation/no-cpu-mapping'] },
   { id: 2, target: aimedMunmapTarget, reference: 'dmirror', driver: variant(RetryOutsideLockDmirror), caughtAs: ['use-after-free/at-map', 'use-after-free/at-use', 'invalidation/install-during-invalidation', 'translation/no-cpu-mapping'] },
-  { id: 3, target: straddleTarget, reference: 'dmirror', driver: variant(SeqAfterWalkDmirror), caughtAs: ['use-after-free/at-map', 'use-after-free/at-use', 'invalidation/install-during-invalidation', 'translation/frame-mismatch'] },
+  { id: 3, target: straddleTarget, reference: 'dmirror', driver: variant(SeqAfterWalkDmirror), caughtAs: ['use-after-free/at-map', 'use-after-free/at-use', 'invalidation/install-during-invalidation', 'translation/frame-mismatch', 'translation/no-cpu-mapping'] },
   { id: 4, target: MUNMAP, reference: 'dmirror', driver: variant(NoTlbFlushDmirror), caughtAs: ['invalidation/entry-after-callback'] },
   { id: 5, target: oomTarget, reference: 'dmirror', driver: variant(SleepNonblockableDmirror), caughtAs: ['lock/sleep-in-atomic'] },
-  { id: 6, target: DEVICE_MIGRATION, reference: 'dmirror', driver: variant(OwnMigrateNoZapDmirror), caughtAs: ['use-after-free/at-free', 'translation/frame-mismatch', 'use-after-free/at-use'] },
+  { id: 6, target: DEVICE_MIGRATION, reference: 'dmirror', driver: variant(OwnMigrateNoZapDmirror), caughtAs: ['use-after-free/at-free', 'translation/frame-mismatch', 'use-after-free/at-use', 'translation/no-cpu-mapping'] },
   { id: 7, target: FORK, reference: 'dmirror', driver: variant(LockAcrossFaultDmirror), caughtAs: ['lock/lockdep', 'lock/deadlock'] },
   { id: 8, target: FORK, reference: 'dmirror', driver: variant(WritableAcrossForkDmirror), caughtAs: ['invalidation/entry-after-callback', 'translation/write-not-permitted', 'data/stale-read'] },
   { id: 9, target: MUNMAP, reference: 'hmm2015', driver: () => hmm2015Adapter('NoFaultStartDriver', NoFaultStartDriver), caughtAs: ['invalidation/entry-after-callback', 'use-after-free/at-free', 'use-after-free/at-map', 'use-after-free/at-use', 'invalidation/install-during-invalidation'] },

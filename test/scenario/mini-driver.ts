@@ -130,9 +130,11 @@ export function miniDriver(mode: MiniMode): ScenarioDriver {
         commands: {},
         stats: () => ({ ...stats }),
         async unbind() {
-          await mmuIntervalNotifierRemove(sub);
+          // Stop the fault worker before removing the notifier: a fault of a killed job may
+          // still be in service, and hmm_range_fault needs the notifier inserted.
           dev.stop();
           await worker.join();
+          await mmuIntervalNotifierRemove(sub);
           await lock.lock();
           as.unmap(0, VA_END);
           lock.unlock();

@@ -1,7 +1,7 @@
 /** The runner: verdicts, statistics, determinism, replay, teardown and bad input. */
 import { describe, expect, it } from 'vitest';
 import { EINVAL, KernelError, cpuRead64, cpuWrite64 } from 'hmm-emu';
-import { DriverRegistry, defineScenario, deviceTask, normalizeMmIds, replayScenario, runScenario } from 'hmm-emu/testing';
+import { DriverRegistry, defineScenario, deviceTask, exploreScenario, normalizeMmIds, replayScenario, runScenario } from 'hmm-emu/testing';
 import { drivers } from '../../drivers/index.js';
 import { deviceFaultVsMunmap, forkWhileMirrored } from '../../scenarios/index.js';
 import { miniDriver } from './mini-driver.js';
@@ -112,7 +112,8 @@ describe('determinism and replay', () => {
   });
 
   it('replayScenario reproduces the identical report from the schedule string', async () => {
-    const r = await runScenario(deviceFaultVsMunmap, { driver: miniDriver('no-retry'), seed: 11, strategy: 'random' });
+    const found = await exploreScenario(deviceFaultVsMunmap, { driver: miniDriver('no-retry'), runs: 500, strategy: 'random' });
+    const r = found.firstFailure!;
     expect(r.verdict).toBe('violation');
     const again = await replayScenario(deviceFaultVsMunmap, miniDriver('no-retry'), r.schedule);
     expect(again.verdict).toBe('violation');
