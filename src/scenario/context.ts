@@ -91,7 +91,7 @@ export interface RacePointOptions {
   readonly counter: string;
   /** Its value when the other side is done (the moment is chosen in [0, max]). */
   readonly max: number;
-  /** Tasks whose end also releases the wait (the other side may be killed early). */
+  /** Tasks whose end also releases the wait (the other side may be killed early). At least one. */
   readonly until: readonly string[];
   /** Jitter quantum in virtual ns. Default 100. */
   readonly jitterNs?: number;
@@ -335,7 +335,8 @@ export class RunContext<S> implements ScenarioContext<S> {
   async racePoint(o: RacePointOptions): Promise<void> {
     if (o === null || typeof o !== 'object') throw new KernelError(EINVAL, `ctx.racePoint: options must be an object: ${String(o)}`);
     if (!Number.isInteger(o.max) || o.max < 0) throw new KernelError(EINVAL, `ctx.racePoint: max must be an integer >= 0: ${String(o.max)}`);
-    if (!Array.isArray(o.until)) throw new KernelError(EINVAL, `ctx.racePoint: until must be an array of task names: ${String(o.until)}`);
+    // An empty list would release the wait at once (every one of no tasks has finished): a race that never waits.
+    if (!Array.isArray(o.until) || o.until.length === 0) throw new KernelError(EINVAL, `ctx.racePoint: until must be a non-empty array of the task names whose end releases the wait: ${JSON.stringify(o.until)}`);
     const jitterNs = o.jitterNs ?? 100;
     const jitterSteps = o.jitterSteps ?? 16;
     if (typeof jitterNs !== 'number' || !Number.isFinite(jitterNs) || jitterNs < 0) throw new KernelError(EINVAL, `ctx.racePoint: jitterNs must be a finite number >= 0: ${String(jitterNs)}`);

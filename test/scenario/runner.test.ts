@@ -164,6 +164,13 @@ describe('bad input', () => {
     expect(r.summary).toContain('a device named "other"; the world asked for "gpu0"');
   });
 
+  it('racePoint refuses an empty until list (it would never wait) and a bad max', async () => {
+    const r1 = await runScenario(tiny('race-empty', async (ctx) => ctx.racePoint({ counter: 'x', max: 3, until: [] })), { driver: dmirror });
+    expect(r1.summary).toContain('ctx.racePoint: until must be a non-empty array of the task names whose end releases the wait: []');
+    const r2 = await runScenario(tiny('race-max', async (ctx) => ctx.racePoint({ counter: 'x', max: -1, until: ['body'] })), { driver: dmirror });
+    expect(r2.summary).toContain('ctx.racePoint: max must be an integer >= 0: -1');
+  });
+
   it('the context refuses unknown devices and commands the driver lacks', async () => {
     const r1 = await runScenario(tiny('nodev', async (ctx) => void ctx.device('gpu9')), { driver: dmirror });
     expect(r1.summary).toContain('no device named "gpu9"');
