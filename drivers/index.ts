@@ -169,7 +169,7 @@ export const mockgpuDriver: ScenarioDriver = {
   async bind(req) {
     const hw: DeviceOptions = { ...req.hardware, name: req.name, memory: { frames: req.memoryFrames } };
     const dev = new Device(req.engine, req.phys, hw);
-    const opts = pick<MockGpuOptions>(req.options, ['batchSize', 'windowPages', 'prefetch', 'notifierPages', 'workers', 'migration']);
+    const opts = pick<MockGpuOptions>(req.options, ['batchSize', 'windowPages', 'prefetch', 'notifierPages', 'workers', 'migration', 'evictPages', 'minResidencyNs', 'faultTimeoutNs']);
     const gpu = new MockGpu(dev, opts);
     gpu.start();
     const svmm = await gpu.bind(req.mm);

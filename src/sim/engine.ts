@@ -149,7 +149,15 @@ interface Timer {
   readonly token: number;
 }
 
-const NEVER: Promise<never> = new Promise<never>(() => {});
+/**
+ * A promise that never settles, for a task that reaches a scheduling point after the run
+ * stopped: it stays suspended and is collected with the engine. A fresh one each time: a
+ * shared module-level promise would keep every such continuation (and through it the whole
+ * world of every run) reachable for the life of the process.
+ */
+function never<T>(): Promise<T> {
+  return new Promise<T>(() => {});
+}
 
 function validSeed(seed: number): number {
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
@@ -180,6 +188,8 @@ export class Engine {
   private stopped = false;
   private failure: Error | null = null;
   private onDone: ((r: RunResult) => void) | null = null;
+  /** Disarms the host watchdog of the current run (see host.ts). */
+  private disarmWatchdog: (() => void) | null = null;
   private result: RunResult | null = null;
 
   constructor(options: EngineOptions = {}) {
@@ -261,7 +271,7 @@ export class Engine {
         return;
       }
       this.onDone = resolve;
-      afterHostTurn(() => this.watchdog());
+      this.disarmWatchdog = afterHostTurn(() => this.watchdog());
       this.next();
     });
   }
@@ -269,7 +279,7 @@ export class Engine {
   /** A scheduling point: the strategy may run another task. */
   yield(): Promise<void> {
     const cur = this.mightSleep('yield');
-    if (cur === null) return NEVER;
+    if (cur === null) return never();
     cur.state = 'runnable';
     this.runq.push(cur);
     const p = new Promise<void>((r) => {
@@ -284,7 +294,7 @@ export class Engine {
     if (typeof ns !== 'number' || !Number.isFinite(ns) || ns < 0) throw new KernelError(EINVAL, `sleep: ns must be a finite number >= 0: ${ns}`);
     if (ns === 0) return this.yield();
     const cur = this.mightSleep('sleep');
-    if (cur === null) return NEVER;
+    if (cur === null) return never();
     cur.state = 'sleeping';
     cur.waitsOn = SLEEP;
     this.addTimer(cur, this.clock + ns);
@@ -303,7 +313,7 @@ export class Engine {
    */
   block(on: Waitable, timeoutNs?: number): Promise<boolean> {
     const cur = this.mightSleep('block');
-    if (cur === null) return NEVER;
+    if (cur === null) return never();
     cur.state = 'blocked';
     cur.waitsOn = on;
     cur.timedOut = false;
@@ -512,6 +522,8 @@ export class Engine {
 
   private finish(): void {
     this.stopped = true;
+    this.disarmWatchdog?.();
+    this.disarmWatchdog = null;
     const failure = this.failure;
     let schedule: string | undefined;
     const result: RunResult = {

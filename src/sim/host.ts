@@ -6,8 +6,12 @@
  *
  * Both an immediate and a zero timeout are armed: whichever host phase comes first (timers
  * or check) runs the check before any user timer created later in the run can fire.
+ *
+ * Returns the disarm function: call it when the run ends. Runs explored back to back never
+ * give the host a turn (each run is microtasks only), so an armed check would keep its run's
+ * whole world reachable until the exploration ends (gigabytes over a few thousand runs).
  */
-export function afterHostTurn(check: () => void): void {
+export function afterHostTurn(check: () => void): () => void {
   let done = false;
   const once = (): void => {
     if (done) return;
@@ -20,4 +24,10 @@ export function afterHostTurn(check: () => void): void {
   const timer = setTimeout(once, 0);
   // eslint-disable-next-line no-restricted-globals -- the uncontrolled-await watchdog, see above
   const immediate = setImmediate(once);
+  return () => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    clearImmediate(immediate);
+  };
 }

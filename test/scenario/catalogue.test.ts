@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { DriverRegistry, describeSelector, selectorRejects } from 'hmm-emu/testing';
 import { ALL_DRIVERS, REFERENCE_DRIVERS, drivers, registerDriver } from '../../drivers/index.js';
-import { RACE_SCENARIOS, SCENARIOS, findScenario } from '../../scenarios/index.js';
+import { COMPARISON_SCENARIOS, HMM_TESTS_SCENARIOS, RACE_SCENARIOS, SCENARIOS, TARGETED_SCENARIOS, findScenario } from '../../scenarios/index.js';
 import { miniDriver } from './mini-driver.js';
 
 describe('the driver registry', () => {
@@ -37,7 +37,25 @@ describe('the driver registry', () => {
 });
 
 describe('the scenario catalogue', () => {
-  it('has the six race scenarios, uniquely named, each applying to some reference driver', () => {
+  it('groups the hmm-tests ports, the races, the targeted races and the comparison, uniquely named', () => {
+    expect(HMM_TESTS_SCENARIOS.map((s) => s.name)).toEqual([
+      'anon-read',
+      'anon-read-prot',
+      'anon-write',
+      'anon-write-prot',
+      'anon-write-child',
+      'anon-write-child-shared',
+      'migrate',
+      'migrate-fault',
+      'migrate-release',
+      'migrate-shared',
+      'migrate-multiple',
+      'anon-teardown',
+      'snapshot',
+      'double-map',
+      'exclusive',
+      'exclusive-cow',
+    ]);
     expect(RACE_SCENARIOS.map((s) => s.name)).toEqual([
       'device-fault-vs-munmap',
       'device-write-vs-mprotect',
@@ -45,14 +63,28 @@ describe('the scenario catalogue', () => {
       'device-migration-vs-cpu-fault',
       'invalidation-on-non-blockable-range',
       'hmm2015-fault-vs-munmap',
+      'cpu-migration-while-mirrored',
+      'many-cpu-threads-one-device-page',
+      'eviction-storm',
+      'exit-with-faults-in-flight',
     ]);
+    expect(SCENARIOS).toHaveLength(HMM_TESTS_SCENARIOS.length + RACE_SCENARIOS.length + TARGETED_SCENARIOS.length + COMPARISON_SCENARIOS.length);
     expect(new Set(SCENARIOS.map((s) => s.name)).size).toBe(SCENARIOS.length);
+  });
+
+  it('every scenario applies to some reference driver, describes itself and names the kernel test or bug it comes from', () => {
     for (const s of SCENARIOS) {
       expect(drivers.select(s.drivers, 'reference').length, s.name).toBeGreaterThan(0);
       expect(s.description.length, s.name).toBeGreaterThan(20);
-      expect(s.tags, s.name).toContain('race');
+      expect(s.origin.length, s.name).toBeGreaterThan(10);
     }
+    for (const s of HMM_TESTS_SCENARIOS) expect(s.origin, s.name).toMatch(/^tools\/testing\/selftests\/mm\/hmm-tests\.c: (hmm2\.)?[a-z_]+$/);
+    for (const s of [...RACE_SCENARIOS, ...TARGETED_SCENARIOS]) expect(s.tags, s.name).toContain('race');
+  });
+
+  it('finds a scenario by name, or by its hmm-tests spelling', () => {
     expect(findScenario('fork-while-mirrored')?.name).toBe('fork-while-mirrored');
+    expect(findScenario('anon_write_child_shared')?.name).toBe('anon-write-child-shared');
     expect(findScenario('nope')).toBeUndefined();
   });
 });

@@ -244,3 +244,23 @@ describe('schedule strings', () => {
     expect(parseSchedule(r.schedule).decisions).toEqual(r.decisions);
   });
 });
+
+describe('host resources', () => {
+  it('a finished run leaves no host timer armed, so runs explored back to back do not keep their worlds alive', async () => {
+    // Regression: the uncontrolled-await watchdog stayed armed after each run; an exploration
+    // never yields to the host, so every run's engine (and world) stayed reachable: 4 GB of
+    // RSS for `hmm-emu check`.
+    const armed = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Immediate' || r === 'Timeout').length;
+    const before = armed();
+    const r = await explore(
+      (engine) => {
+        engine.spawn('a', async () => {
+          await engine.sleep(10);
+        });
+      },
+      { runs: 20, strategy: 'random' },
+    );
+    expect(r.runs).toBe(20);
+    expect(armed()).toBe(before);
+  });
+});
