@@ -95,6 +95,8 @@ function strategyArg(v: string): string {
 
 /** Tables without colour codes: output goes to files, pipes and CI logs as often as to a terminal. */
 const PLAIN = { head: [], border: [] };
+/** The same, without lines between rows (one-line rows). */
+const COMPACT = { ...PLAIN, compact: true };
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -102,7 +104,7 @@ function collect(v: string, prev: string[]): string[] {
 
 /** A comparison as a table: per driver, per-run means of the statistics that tell the APIs apart. */
 export function renderComparison(c: ScenarioComparison): string {
-  const t = new Table({ style: PLAIN, head: ['driver', 'API', 'coherent', 'device faults', 'retries', 'backoffs', 'fault latency mean', 'max', 'invalidations', 'shootdowns', 'virtual time'] });
+  const t = new Table({ style: COMPACT, head: ['driver', 'API', 'coherent', 'device faults', 'retries', 'backoffs', 'fault latency mean', 'max', 'invalidations', 'shootdowns', 'virtual time'] });
   const per = (n: number, runs: number): string => (runs === 1 ? String(n) : (n / runs).toFixed(1));
   for (const r of c.rows) {
     const s = r.totals;
@@ -361,7 +363,7 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
       const ok = rows.every(okRow);
       if (opts.json === true) json(rows);
       else {
-        const table = new Table({ style: PLAIN, head: ['scenario', 'driver', 'expect', 'verdict', 'schedules'] });
+        const table = new Table({ style: COMPACT, head: ['scenario', 'driver', 'expect', 'verdict', 'schedules'] });
         for (const r of rows) table.push([r.scenario, r.driver, r.expect, okRow(r) ? r.verdict : `${r.verdict} (FAIL)`, String(r.schedules)]);
         println(table.toString());
         for (const r of rows.filter((x) => !okRow(x))) {
