@@ -1,5 +1,5 @@
 /**
- * The race campaign for reference drivers: each scenario with each reference driver it applies
+ * The race campaign for reference drivers (races-cpu-ops, races-special, races-later): each scenario with each reference driver it applies
  * to, over `RUNS` random and `RUNS` pct:3 schedules, must stay coherent. A known failure is
  * listed in KNOWN_ISSUES with its reason: its test asserts that it still fails (it.fails), so
  * a fix flips it and the entry must go.
