@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -214,6 +214,39 @@ describe('the built binary', () => {
     const j = JSON.parse(out) as { scenarios: { name: string }[]; drivers: { name: string }[] };
     expect(j.scenarios.length).toBeGreaterThan(0);
     expect(j.drivers.map((d) => d.name)).toContain('dmirror');
+  });
+
+  it('exit codes, JSON shapes, bad input and an exact replay, through the binary itself', () => {
+    const bin = path.join(root, 'dist/src/cli/main.js');
+    const dir = mkdtempSync(path.join(tmpdir(), 'hmm-emu-bin-'));
+    const run = (...args: string[]) => {
+      const r = spawnSync(process.execPath, [bin, ...args], { cwd: dir, encoding: 'utf8' });
+      return { code: r.status, out: r.stdout, err: r.stderr };
+    };
+    // Bad input: exit 2 and a message naming what was wrong.
+    expect(run('run', 'no-such-scenario')).toMatchObject({ code: 2, err: expect.stringMatching(/unknown scenario "no-such-scenario"/) });
+    expect(run('run', 'anon-read', '--driver', 'nope')).toMatchObject({ code: 2, err: expect.stringMatching(/unknown driver "nope"/) });
+    expect(run('run', 'anon-read', '--seed', '-3')).toMatchObject({ code: 2, err: expect.stringMatching(/bad seed/) });
+    expect(run('run', fixture('malformed.ts'))).toMatchObject({ code: 2, err: expect.stringMatching(/malformed\.ts failed to load/) });
+    // A coherent run: exit 0, the JSON result's shape.
+    const ok = run('run', 'anon_read', '--driver', 'hmm2015', '--seed', '2', '--json');
+    expect(ok.code).toBe(0);
+    const j = JSON.parse(ok.out) as Record<string, unknown>;
+    expect(j).toMatchObject({ scenario: 'anon-read', driver: 'hmm2015', verdict: 'coherent', seed: 2, strategy: 'random', report: null });
+    expect(Object.keys(j.stats as object)).toEqual(expect.arrayContaining(['cpuFaults', 'deviceFaults', 'retries', 'invalidations', 'tlbHitRate', 'faultLatency', 'time']));
+    // A violation: exit 1, a replay file; the replay gives the same report, exit 1.
+    const bad = run('run', 'device-fault-vs-munmap', '--driver', 'dmirror-no-tlb-flush', '--json');
+    expect(bad.code).toBe(1);
+    const b = JSON.parse(bad.out) as { verdict: string; reportText: string; replay: string; replayCommand: string };
+    expect(b.verdict).toBe('violation');
+    expect(b.replayCommand).toMatch(/^hmm-emu replay /);
+    const again = run('replay', path.basename(b.replay), '--json');
+    expect(again.code).toBe(1);
+    expect((JSON.parse(again.out) as { reportText: string }).reportText).toBe(b.reportText);
+    // check --json: the row shape of the issue.
+    const c = run('check', 'anon-read', '--driver', 'dmirror', '--schedules', '2', '--json');
+    expect(c.code).toBe(0);
+    expect(JSON.parse(c.out)).toEqual([{ scenario: 'anon-read', driver: 'dmirror', expect: 'coherent', verdict: 'coherent', schedules: 4 }]);
   });
 
   it('runs a .ts scenario file through tsx and exits 1 on its failure', () => {
