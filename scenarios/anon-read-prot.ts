@@ -10,18 +10,12 @@
  * as it stands, present but protnone) lets the device read what the CPU may not: the oracle
  * flags the access (translation), and the check fails (the job lived, or read something).
  */
-import { PAGE_SIZE, PROT_NONE, PROT_READ, cpuRead64, cpuWrite64, defineScenario, deviceTask, mprotect } from 'hmm-emu';
+import { PAGE_SIZE, PROT_NONE, PROT_READ, defineScenario, deviceTask, mprotect } from 'hmm-emu';
+import { W0, W1, expectPairs, fillPairs } from './common.js';
 
 const PAGES = 8;
 const WARPS = 2;
 const BUF = 0x10_0000_0000;
-/** Byte offsets of the two words touched per page: an 8-byte word at 0, a 4-byte int in the middle. */
-const W0 = 0;
-const W1 = PAGE_SIZE / 2;
-/** The kernel test's int index of byte `off` of page `p` (its buffer holds ptr[i] = i). */
-const idx = (p: number, off: number): number => (p * PAGE_SIZE + off) / 4;
-/** The 8 bytes at int index i when ptr[i] = i: ints i and i + 1, little-endian. */
-const pair = (i: number): bigint => BigInt(i) | (BigInt(i + 1) << 32n);
 
 interface State {
   /** Device reads that returned (none may): page and offset. */
@@ -38,7 +32,7 @@ export const anonReadProt = defineScenario({
   state: (): State => ({ reads: [] }),
   async setup(ctx) {
     await ctx.mmap(PAGES, { addr: BUF });
-    for (let p = 0; p < PAGES; p++) for (const off of [W0, W1]) await cpuWrite64(ctx.mm, BUF + p * PAGE_SIZE + off, pair(idx(p, off)));
+    await fillPairs(ctx, BUF, 0, PAGES);
     // Protect the buffer from reading.
     ctx.expectEqual(await mprotect(ctx.mm, BUF, PAGES * PAGE_SIZE, PROT_NONE), 0, 'mprotect(PROT_NONE)');
   },
@@ -62,8 +56,6 @@ export const anonReadProt = defineScenario({
     ctx.expect(ctx.state.reads.length === 0, () => `the device read PROT_NONE memory: ${ctx.state.reads.join(', ')}`);
     // Allow the CPU to read the buffer so we can check it.
     ctx.expectEqual(await mprotect(ctx.mm, BUF, PAGES * PAGE_SIZE, PROT_READ), 0, 'mprotect(PROT_READ)');
-    for (let p = 0; p < PAGES; p++) {
-      for (const off of [W0, W1]) ctx.expectEqual(await cpuRead64(ctx.mm, BUF + p * PAGE_SIZE + off), pair(idx(p, off)), `CPU read of page ${p} offset ${off}`);
-    }
+    await expectPairs(ctx, ctx.mm, BUF, PAGES, (p, off) => `CPU read of page ${p} offset ${off}`);
   },
 });

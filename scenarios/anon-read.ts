@@ -14,18 +14,12 @@
  * zero page writable) is flagged by the oracle at the access (translation, data); wrong values
  * fail the check.
  */
-import { PAGE_SIZE, PROT_READ, cpuRead64, cpuWrite64, defineScenario, deviceTask, mprotect } from 'hmm-emu';
+import { PAGE_SIZE, PROT_READ, cpuRead64, defineScenario, deviceTask, mprotect } from 'hmm-emu';
+import { W0, W1, fillPairs, idx, pair } from './common.js';
 
 const PAGES = 8;
 const WARPS = 2;
 const BUF = 0x10_0000_0000;
-/** Byte offsets of the two words touched per page: an 8-byte word at 0, a 4-byte int in the middle. */
-const W0 = 0;
-const W1 = PAGE_SIZE / 2;
-/** The kernel test's int index of byte `off` of page `p` (its buffer holds ptr[i] = i). */
-const idx = (p: number, off: number): number => (p * PAGE_SIZE + off) / 4;
-/** The 8 bytes at int index i when ptr[i] = i: ints i and i + 1, little-endian. */
-const pair = (i: number): bigint => BigInt(i) | (BigInt(i + 1) << 32n);
 /** What the device must read at (page, W0) and (page, W1): pages 0 and 1 are zero. */
 const expected = (p: number): [bigint, bigint] => (p < 2 ? [0n, 0n] : [pair(idx(p, W0)), BigInt(idx(p, W1))]);
 
@@ -45,7 +39,7 @@ export const anonRead = defineScenario({
   async setup(ctx) {
     await ctx.mmap(PAGES, { addr: BUF });
     // Initialize the buffer but leave the first two pages zero (pte none and the zero page).
-    for (let p = 2; p < PAGES; p++) for (const off of [W0, W1]) await cpuWrite64(ctx.mm, BUF + p * PAGE_SIZE + off, pair(idx(p, off)));
+    await fillPairs(ctx, BUF, 2, PAGES);
     ctx.expectEqual(await mprotect(ctx.mm, BUF, PAGES * PAGE_SIZE, PROT_READ), 0, 'mprotect(PROT_READ)');
     // Populate the CPU page table with the zero page at page 1.
     ctx.expectEqual(await cpuRead64(ctx.mm, BUF + PAGE_SIZE), 0n, 'CPU read of page 1 (zero page)');

@@ -17,7 +17,8 @@
  * page, or the next round's buffer at the same address): the oracle flags the access
  * (translation, use after free), the map (use after free) or the callback (entry-after-callback).
  */
-import { DeviceFaultError, PAGE_SIZE, type ScenarioContext, cpuWrite64, defineScenario, munmap } from 'hmm-emu';
+import { DeviceFaultError, PAGE_SIZE, type ScenarioContext, defineScenario, munmap } from 'hmm-emu';
+import { W0, W1, fillPairs, idx, pair } from './common.js';
 
 const PAGES = 8;
 const HALF = PAGES / 2;
@@ -25,13 +26,6 @@ const WARPS = 2;
 const ROUNDS = 3;
 /** Device accesses per round (two per page): the range of the unmapper's chosen moment. */
 const ACCESSES = 2 * PAGES;
-/** Byte offsets of the two words read per page: an 8-byte word at 0, a 4-byte int in the middle. */
-const W0 = 0;
-const W1 = PAGE_SIZE / 2;
-/** The kernel test's int index of byte `off` of page `p`; round c's buffer holds ptr[i] = i + c. */
-const idx = (p: number, off: number): number => (p * PAGE_SIZE + off) / 4;
-/** The 8 bytes at int index i in round c: ints i + c and i + 1 + c, little-endian. */
-const pair = (i: number, c: number): bigint => BigInt(i + c) | (BigInt(i + 1 + c) << 32n);
 /** The value a device read must return: 8 bytes at W0, 4 at W1 (the low int of the pair). */
 const expected = (p: number, off: number, c: number): bigint => (off === W0 ? pair(idx(p, off), c) : BigInt(idx(p, off) + c));
 
@@ -48,7 +42,7 @@ const readCounter = (c: number): string => `read${c}`;
 /** One round: map, fill, read everything on the device while the unmapper runs, check, unmap the rest. */
 async function round(ctx: ScenarioContext<State>, c: number): Promise<void> {
   const buf = await ctx.mmap(PAGES);
-  for (let p = 0; p < PAGES; p++) for (const off of [W0, W1]) await cpuWrite64(ctx.mm, buf + p * PAGE_SIZE + off, pair(idx(p, off), c));
+  await fillPairs(ctx, buf, 0, PAGES, c);
   ctx.state.buf = buf;
   ctx.bump('round'); // the unmapper may start its countdown
 

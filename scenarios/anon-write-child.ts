@@ -19,23 +19,12 @@
  * flagged there. The kernel test checks the child's view of the device write only without
  * migration; here it holds either way and is always checked.
  */
-import { DeviceFaultError, PAGE_SIZE, cpuRead64, cpuWrite64, defineScenario, exitMm } from 'hmm-emu';
+import { defineScenario } from 'hmm-emu';
+import { childDeviceWrite, expectPairs, fillPairs } from './common.js';
 
 const PAGES = 8;
 const WARPS = 2;
 const BUF = 0x10_0000_0000;
-/** Byte offsets of the two words touched per page: an 8-byte word at 0, a 4-byte int in the middle. */
-const W0 = 0;
-const W1 = PAGE_SIZE / 2;
-const U32 = 0xffff_ffffn;
-/** The kernel test's int index of byte `off` of page `p`. */
-const idx = (p: number, off: number): number => (p * PAGE_SIZE + off) / 4;
-/** The parent's 8 bytes at int index i (ptr[i] = i): ints i and i + 1, little-endian. */
-const pair = (i: number): bigint => BigInt(i) | (BigInt(i + 1) << 32n);
-/** The device's int at index i: -i, as the 32 bits the kernel test's mirror holds. */
-const neg = (i: number): bigint => BigInt((-i) >>> 0);
-/** The device's 8 bytes at int index i: ints -i and -(i + 1). */
-const negPair = (i: number): bigint => neg(i) | (neg(i + 1) << 32n);
 
 export const anonWriteChild = defineScenario({
   name: 'anon-write-child',
@@ -55,7 +44,7 @@ export const anonWriteChild = defineScenario({
     async test(ctx) {
       await ctx.mmap(PAGES, { addr: BUF });
       // Initialize the buffer so we can tell if it is written.
-      for (let p = 0; p < PAGES; p++) for (const off of [W0, W1]) await cpuWrite64(ctx.mm, BUF + p * PAGE_SIZE + off, pair(idx(p, off)));
+      await fillPairs(ctx, BUF, 0, PAGES);
       const migrate = ctx.driver.features.includes('device-migration') ? ctx.choose(2, 'migrate before fork') : 0;
       if (migrate === 1) {
         const ret = await ctx.device('gpu0').migrateToDevice(BUF, PAGES);
@@ -63,36 +52,11 @@ export const anonWriteChild = defineScenario({
       }
       ctx.log(`migrate ${migrate}`);
 
-      const child = await ctx.fork(ctx.mm, 'child');
-      // The child sees the parent's values.
-      for (let p = 0; p < PAGES; p++) for (const off of [W0, W1]) ctx.expectEqual(await cpuRead64(child, BUF + p * PAGE_SIZE + off), pair(idx(p, off)), `child read of page ${p} offset ${off} after fork`);
-
-      // The child needs its own mirror of its own mm; its device writes the buffer.
-      const dev = await ctx.bindDevice('gpu1', child);
-      try {
-        await dev.run(
-          async (w) => {
-            for (let p = w.warp; p < PAGES; p += WARPS) {
-              await w.store(BUF + p * PAGE_SIZE + W0, 8, negPair(idx(p, W0)));
-              await w.store(BUF + p * PAGE_SIZE + W1, 4, neg(idx(p, W1)));
-            }
-          },
-          { warps: WARPS },
-        );
-      } catch (err) {
-        if (err instanceof DeviceFaultError) ctx.fail(`the child's device write was killed: ${err.message}`);
-        throw err;
-      }
-      // What the device wrote (the high int at W1 is still the parent's i + 1).
-      for (let p = 0; p < PAGES; p++) {
-        ctx.expectEqual(await cpuRead64(child, BUF + p * PAGE_SIZE + W0), negPair(idx(p, W0)), `child read of page ${p} offset ${W0} after its device write`);
-        ctx.expectEqual((await cpuRead64(child, BUF + p * PAGE_SIZE + W1)) & U32, neg(idx(p, W1)), `child read of page ${p} int at offset ${W1} after its device write`);
-      }
-      // The child exits (its mirror stays bound until teardown: the driver sees the mm go).
-      await exitMm(child);
+      // The child sees the fill, has its own device write -i everywhere, sees that, and exits.
+      await childDeviceWrite(ctx, 'gpu1', BUF, PAGES, WARPS);
 
       // The parent's buffer did not change.
-      for (let p = 0; p < PAGES; p++) for (const off of [W0, W1]) ctx.expectEqual(await cpuRead64(ctx.mm, BUF + p * PAGE_SIZE + off), pair(idx(p, off)), `parent read of page ${p} offset ${off} after the child's write`);
+      await expectPairs(ctx, ctx.mm, BUF, PAGES, (p, off) => `parent read of page ${p} offset ${off} after the child's write`);
     },
   },
 });

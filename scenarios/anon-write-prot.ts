@@ -14,17 +14,11 @@
  * device store hits the zero page or the oracle flags it (translation), and the CPU's 0s change.
  */
 import { DeviceFaultError, PAGE_SIZE, PROT_READ, PROT_WRITE, type ScenarioContext, cpuRead64, defineScenario, mprotect } from 'hmm-emu';
+import { W0, W1, expectWrittenInts, idx, pair } from './common.js';
 
 const PAGES = 8;
 const WARPS = 2;
 const BUF = 0x10_0000_0000;
-/** Byte offsets of the two words touched per page: an 8-byte word at 0, a 4-byte int in the middle. */
-const W0 = 0;
-const W1 = PAGE_SIZE / 2;
-/** The kernel test's int index of byte `off` of page `p` (the device writes ptr[i] = i). */
-const idx = (p: number, off: number): number => (p * PAGE_SIZE + off) / 4;
-/** The 8 bytes at int index i when ptr[i] = i: ints i and i + 1, little-endian. */
-const pair = (i: number): bigint => BigInt(i) | (BigInt(i + 1) << 32n);
 
 /** The device writes two words of every page (two warps), listing each store that landed in `landed`; DeviceFaultError if the job is killed. */
 async function deviceWrite(ctx: ScenarioContext, landed: string[]): Promise<void> {
@@ -80,10 +74,7 @@ export const anonWriteProt = defineScenario({
         if (err instanceof DeviceFaultError) ctx.fail(`the device write after mprotect(PROT_READ | PROT_WRITE) was killed: ${err.message}`);
         throw err;
       }
-      for (let p = 0; p < PAGES; p++) {
-        ctx.expectEqual(await cpuRead64(ctx.mm, BUF + p * PAGE_SIZE + W0), pair(idx(p, W0)), `CPU read of page ${p} offset ${W0}`);
-        ctx.expectEqual(await cpuRead64(ctx.mm, BUF + p * PAGE_SIZE + W1), BigInt(idx(p, W1)), `CPU read of page ${p} offset ${W1}`);
-      }
+      await expectWrittenInts(ctx, BUF, PAGES);
     },
   },
 });

@@ -18,17 +18,14 @@
  * after free); one that maps another device's private frame reaches memory it cannot address
  * (translation, data).
  */
-import { type DeviceJob, ENOENT, type MmStruct, PAGE_SIZE, PROT_READ, PTE_SWP_DEVICE_PRIVATE, type ScenarioContext, type ScenarioDevice, type WarpContext, cpuRead64, defineScenario, mprotect, pteKind, vpnOf } from 'hmm-emu';
-import { fillTwoWords, initWord } from './common.js';
+import { ENOENT, PAGE_SIZE, PROT_READ, type ScenarioContext, type WarpContext, defineScenario, mprotect } from 'hmm-emu';
+import { cpuExpectInit, fillTwoWords, initWord, launchSweep, onDevice } from './common.js';
 
 const PAGES = 6;
 const BUF = 0x10_0000_0000;
 /** Device compute time after each access of a sweep, so that the racing operation falls among them. */
 const COMPUTE_NS = 1000;
 const addr = (page: number, word: number): number => BUF + page * PAGE_SIZE + 8 * word;
-
-/** The CPU entry of the page at `a` is a device-private one (/proc/self/pagemap: a swap entry). */
-const onDevice = (mm: MmStruct, a: number): boolean => pteKind(mm.pgtable.bitsAt(vpnOf(a))) === PTE_SWP_DEVICE_PRIVATE;
 
 /** A device kernel that reads word `word` of every page back to front, bumping `counter` and computing `computeNs` after each; returns them by page. */
 function readAll(ctx: ScenarioContext, word: number, counter: string, computeNs = 0): (w: WarpContext) => Promise<bigint[]> {
@@ -50,22 +47,6 @@ function expectInit(ctx: ScenarioContext, got: readonly bigint[], word: number, 
 /** `device` reads word `word` of every page (a job joined by the calling task); the values are checked. */
 async function deviceRead(ctx: ScenarioContext, device: string, word: number, who: string): Promise<void> {
   expectInit(ctx, (await ctx.device(device).run(readAll(ctx, word, `${device}.read`)))[0]!, word, who);
-}
-
-/**
- * Launches `kernel` on `dev` as a sweep whose progress is `counter`. When the job ends (killed
- * or not) the counter jumps by `max`, which releases a racePoint waiting on it: a launched job
- * is not a task that racePoint's `until` could name, so the racePoint names the waiting task
- * itself there (an empty `until` would release it at once).
- */
-function launchSweep<T>(ctx: ScenarioContext, dev: ScenarioDevice, counter: string, max: number, kernel: (w: WarpContext) => Promise<T>): DeviceJob<T> {
-  return dev.launch(async (w) => {
-    try {
-      return await kernel(w);
-    } finally {
-      ctx.bump(counter, max);
-    }
-  });
 }
 
 export const doubleMap = defineScenario({
@@ -122,6 +103,6 @@ export const doubleMap = defineScenario({
     },
   },
   async check(ctx) {
-    for (let p = 0; p < PAGES; p++) for (let w = 0; w < 2; w++) ctx.expectEqual(await cpuRead64(ctx.mm, addr(p, w)), initWord(p, w), `CPU read: page ${p} word ${w}`);
+    await cpuExpectInit(ctx, BUF, 0, PAGES, 'CPU read');
   },
 });

@@ -15,8 +15,8 @@
  * translate a page under a migration entry: the oracle flags it (translation). A migration
  * that moved a shared page fails the expectations; a lost device write is flagged (data).
  */
-import { type DeviceJob, ENOENT, MAP_SHARED, type MmStruct, PAGE_SIZE, SNAPSHOT, type ScenarioContext, type ScenarioDevice, type WarpContext, cpuRead64, defineScenario, isSwapEntry, ptePresent, vpnOf } from 'hmm-emu';
-import { fillTwoWords, initWord } from './common.js';
+import { ENOENT, MAP_SHARED, type MmStruct, PAGE_SIZE, SNAPSHOT, type ScenarioContext, cpuRead64, defineScenario, isSwapEntry, ptePresent, vpnOf } from 'hmm-emu';
+import { fillTwoWords, initWord, launchSweep } from './common.js';
 
 const PAGES = 8;
 const BUF = 0x10_0000_0000;
@@ -47,22 +47,6 @@ async function expectStayed(ctx: ScenarioContext, after: string): Promise<void> 
     ctx.log(`snapshot ${after}: ${[...codes].map((c) => c.toString(16)).join(' ')}`);
     for (let p = 0; p < PAGES; p++) ctx.expect(SYSTEM_CODES.includes(codes[p]!), `shared page ${p}: snapshot code 0x${codes[p]!.toString(16)} is not a system page or none ${after}`);
   }
-}
-
-/**
- * Launches `kernel` on `dev` as a sweep whose progress is `counter`. When the job ends (killed
- * or not) the counter jumps by `max`, which releases a racePoint waiting on it: a launched job
- * is not a task that racePoint's `until` could name, so the racePoint names the waiting task
- * itself there (an empty `until` would release it at once).
- */
-function launchSweep<T>(ctx: ScenarioContext, dev: ScenarioDevice, counter: string, max: number, kernel: (w: WarpContext) => Promise<T>): DeviceJob<T> {
-  return dev.launch(async (w) => {
-    try {
-      return await kernel(w);
-    } finally {
-      ctx.bump(counter, max);
-    }
-  });
 }
 
 export const migrateShared = defineScenario({

@@ -13,52 +13,14 @@
  * lets a read return stale data or reach a freed frame: the oracle flags it (data, translation,
  * use after free), and the expectations flag a migration that does not move the pages.
  */
-import { type DeviceJob, type MmStruct, PAGE_SIZE, PTE_SWP_DEVICE_PRIVATE, type ScenarioContext, type ScenarioDevice, type WarpContext, cpuRead64, defineScenario, ptePresent, pteKind, vpnOf } from 'hmm-emu';
-import { fillTwoWords, initWord } from './common.js';
+import { PAGE_SIZE, cpuRead64, defineScenario } from 'hmm-emu';
+import { cpuExpectInit, deviceReadTwoWords, expectAllOnDevice, expectTwoWords, fillTwoWords, inRam, initWord, launchSweep, readTwoWordsBack } from './common.js';
 
 const PAGES = 8;
 const BUF = 0x10_0000_0000;
 /** Device compute time after each access of a sweep, so that the racing operation falls among them. */
 const COMPUTE_NS = 1000;
 const addr = (page: number, word: number): number => BUF + page * PAGE_SIZE + 8 * word;
-
-/** The CPU entry of the page at `a` is a device-private one (/proc/self/pagemap: a swap entry). */
-const onDevice = (mm: MmStruct, a: number): boolean => pteKind(mm.pgtable.bitsAt(vpnOf(a))) === PTE_SWP_DEVICE_PRIVATE;
-/** The CPU maps the page at `a` to a frame of system memory. */
-const inRam = (mm: MmStruct, a: number): boolean => ptePresent(mm.pgtable.bitsAt(vpnOf(a))) && !mm.phys.isDevicePfn(mm.pgtable.pfnAt(vpnOf(a)));
-
-/** The device reads words 0 and 1 of every page, bumping 'device' after each page; returns them. */
-async function deviceReadAll(ctx: ScenarioContext): Promise<bigint[]> {
-  const [got] = await ctx.device().run(async (w) => {
-    const out: bigint[] = [];
-    for (let p = 0; p < PAGES; p++) {
-      out.push(await w.load(addr(p, 0), 8), await w.load(addr(p, 1), 8));
-      ctx.bump('device');
-    }
-    return out;
-  });
-  return got!;
-}
-
-function expectInit(ctx: ScenarioContext, got: readonly bigint[], who: string): void {
-  for (let p = 0; p < PAGES; p++) for (let w = 0; w < 2; w++) ctx.expectEqual(got[2 * p + w]!, initWord(p, w), `${who}: page ${p} word ${w}`);
-}
-
-/**
- * Launches `kernel` on `dev` as a sweep whose progress is `counter`. When the job ends (killed
- * or not) the counter jumps by `max`, which releases a racePoint waiting on it: a launched job
- * is not a task that racePoint's `until` could name, so the racePoint names the waiting task
- * itself there (an empty `until` would release it at once).
- */
-function launchSweep<T>(ctx: ScenarioContext, dev: ScenarioDevice, counter: string, max: number, kernel: (w: WarpContext) => Promise<T>): DeviceJob<T> {
-  return dev.launch(async (w) => {
-    try {
-      return await kernel(w);
-    } finally {
-      ctx.bump(counter, max);
-    }
-  });
-}
 
 export const migrate = defineScenario({
   name: 'migrate',
@@ -77,28 +39,16 @@ export const migrate = defineScenario({
       const dev = ctx.device();
       const ret = await dev.migrateToDevice(BUF, PAGES);
       ctx.expect(ret >= 0, `migrateToDevice returned ${ret}`);
-      for (let p = 0; p < PAGES; p++) ctx.expect(onDevice(ctx.mm, addr(p, 0)), `page ${p} is not in device memory after the migration`);
+      expectAllOnDevice(ctx, BUF, PAGES, 'the migration');
       // What the device reads of its own memory (MIGRATE_TO_DEV's read-back).
-      expectInit(ctx, await deviceReadAll(ctx), 'device read-back');
-      // The CPU faults the pages home while the device sweeps them again.
-      const sweep = launchSweep(ctx, dev, 'sweep', 2 * PAGES, async (warp) => {
-        // Back to front: the CPU goes front to back, so the two meet somewhere.
-        const out: bigint[] = new Array<bigint>(2 * PAGES).fill(-1n);
-        for (let p = PAGES - 1; p >= 0; p--) {
-          for (let w = 0; w < 2; w++) {
-            out[2 * p + w] = await warp.load(addr(p, w), 8);
-            ctx.bump('sweep');
-            await ctx.sleep(COMPUTE_NS);
-          }
-        }
-        return out;
-      });
+      expectTwoWords(ctx, await deviceReadTwoWords(ctx, BUF, PAGES), PAGES, 'device read-back');
+      // The CPU faults the pages home while the device sweeps them again, back to front: the
+      // CPU goes front to back, so the two meet somewhere.
+      const sweep = launchSweep(ctx, dev, 'sweep', 2 * PAGES, readTwoWordsBack(ctx, BUF, PAGES, 'sweep', COMPUTE_NS));
       await ctx.racePoint({ counter: 'sweep', max: 2 * PAGES, until: ['cpu'], jitterNs: 300 });
-      for (let p = 0; p < PAGES; p++) {
-        for (let w = 0; w < 2; w++) ctx.expectEqual(await cpuRead64(ctx.mm, addr(p, w)), initWord(p, w), `CPU read-back: page ${p} word ${w}`);
-      }
+      await cpuExpectInit(ctx, BUF, 0, PAGES, 'CPU read-back');
       const [swept] = await sweep.join();
-      expectInit(ctx, swept!, 'device sweep');
+      expectTwoWords(ctx, swept!, PAGES, 'device sweep');
     },
   },
   async check(ctx) {

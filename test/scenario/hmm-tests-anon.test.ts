@@ -59,6 +59,7 @@ import {
 } from 'hmm-emu';
 import { type CpuTask, type Scenario, type ScenarioContext, type ScenarioResult, defineScenario, expectCaught, expectCoherent, exploreScenario, selectorRejects } from 'hmm-emu/testing';
 import { REFERENCE_DRIVERS, drivers } from '../../drivers/index.js';
+import { raceSuite } from './race-suite.js';
 import { anonRead } from '../../scenarios/anon-read.js';
 import { anonReadProt } from '../../scenarios/anon-read-prot.js';
 import { anonWrite } from '../../scenarios/anon-write.js';
@@ -203,16 +204,7 @@ async function logCounts(scenario: Scenario, driver: ScenarioDriver, re: RegExp,
 }
 
 describe('hmm-tests anon ports: coherent on the reference drivers', () => {
-  for (const scenario of SCENARIOS) {
-    describe(scenario.name, () => {
-      for (const driver of REFERENCE_DRIVERS) {
-        if (selectorRejects(scenario.drivers, driver) !== null) continue;
-        it(`${driver.name} stays coherent over ${RUNS} random and ${RUNS} pct:3 schedules`, async () => {
-          await expectCoherent(scenario, { driver, runs: RUNS });
-        }, 120_000);
-      }
-    });
-  }
+  raceSuite(SCENARIOS, { runs: RUNS, timeoutMs: 120_000 });
 
   it('every port applies to every reference driver (hmm2015 included)', () => {
     for (const scenario of SCENARIOS) for (const driver of REFERENCE_DRIVERS) expect(selectorRejects(scenario.drivers, driver), `${scenario.name} on ${driver.name}`).toBeNull();

@@ -20,6 +20,7 @@ import { migrateRelease } from '../../scenarios/migrate-release.js';
 import { migrateShared } from '../../scenarios/migrate-shared.js';
 import { migrate } from '../../scenarios/migrate.js';
 import { snapshot } from '../../scenarios/snapshot.js';
+import { raceSuite } from './race-suite.js';
 
 const SCENARIOS: readonly Scenario[] = [migrate, migrateFault, migrateMultiple, migrateRelease, migrateShared, doubleMap, snapshot, exclusive, exclusiveCow];
 /** Schedules per strategy (random, then pct:3) in the coherence tests. */
@@ -83,16 +84,7 @@ describe('hmm-tests migration, snapshot and exclusive ports on the reference dri
     for (const s of SCENARIOS) expect(s.origin, s.name).toMatch(/^tools\/testing\/selftests\/mm\/hmm-tests\.c: (hmm2\.)?[a-z_]+$/);
   });
 
-  for (const scenario of SCENARIOS) {
-    describe(scenario.name, () => {
-      for (const driver of REFERENCE_DRIVERS) {
-        if (selectorRejects(scenario.drivers, driver) !== null) continue;
-        it(`${driver.name} stays coherent over ${RUNS} random and ${RUNS} pct:3 schedules`, async () => {
-          await expectCoherent(scenario, { driver, runs: RUNS });
-        }, 300_000);
-      }
-    });
-  }
+  raceSuite(SCENARIOS, { runs: RUNS });
 });
 
 describe('the ports catch broken drivers', () => {

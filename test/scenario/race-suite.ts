@@ -1,6 +1,7 @@
 /**
- * The race campaign for reference drivers (races-cpu-ops, races-special, races-later): each scenario with each reference driver it applies
- * to, over `RUNS` random and `RUNS` pct:3 schedules, must stay coherent. A known failure is
+ * The coherence campaign for reference drivers (races-cpu-ops, races-special, races-later, and
+ * with fewer schedules the hmm-tests ports): each scenario with each reference driver it applies
+ * to, over `runs` random and `runs` pct:3 schedules, must stay coherent. A known failure is
  * listed in KNOWN_ISSUES with its reason: its test asserts that it still fails (it.fails), so
  * a fix flips it and the entry must go.
  */
@@ -19,19 +20,19 @@ export const RUNS = 1000;
  */
 export const KNOWN_ISSUES: Readonly<Record<string, string>> = {};
 
-/** Registers one test per (scenario, applicable reference driver). */
-export function raceSuite(scenarios: readonly Scenario[]): void {
+/** Registers one test per (scenario, applicable reference driver): `runs` schedules per strategy (default RUNS), within `timeoutMs` (default 300 s). */
+export function raceSuite(scenarios: readonly Scenario[], { runs = RUNS, timeoutMs = 300_000 }: { runs?: number; timeoutMs?: number } = {}): void {
   for (const scenario of scenarios) {
     describe(scenario.name, () => {
       for (const driver of REFERENCE_DRIVERS) {
         if (selectorRejects(scenario.drivers, driver) !== null) continue;
         const known = KNOWN_ISSUES[`${scenario.name}/${driver.name}`];
-        const name = `${driver.name} stays coherent over ${RUNS} random and ${RUNS} pct:3 schedules`;
+        const name = `${driver.name} stays coherent over ${runs} random and ${runs} pct:3 schedules`;
         const body = async (): Promise<void> => {
-          await expectCoherent(scenario, { driver, runs: RUNS });
+          await expectCoherent(scenario, { driver, runs });
         };
-        if (known === undefined) it(name, body, 300_000);
-        else it.fails(`${name} (known issue: ${known})`, body, 300_000);
+        if (known === undefined) it(name, body, timeoutMs);
+        else it.fails(`${name} (known issue: ${known})`, body, timeoutMs);
       }
     });
   }
