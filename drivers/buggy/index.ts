@@ -100,7 +100,7 @@ export const BUGGY_DRIVERS: readonly BuggyDriverInfo[] = [
     id: 9,
     name: 'NoFaultStartDriver',
     reference: 'hmm2015',
-    bug: 'a 2015-API driver that maps without hmmDeviceFaultStart',
+    bug: 'maps device pages without hmmDeviceFaultStart',
     bugClass: 1,
     seen: 'the 2015 review (Hubbard / Glisse, Jun 2015: the "2 sided synchronization")',
   },

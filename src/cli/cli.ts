@@ -207,13 +207,23 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
       const { scenarios, registry } = await catalogue();
       const all = registry.list();
       const drivers = all.map((d) => ({ name: d.name, api: d.api, kind: d.kind, description: d.description, ...(d.base !== undefined ? { base: d.base } : {}), ...(d.caughtBy !== undefined ? { caughtBy: d.caughtBy } : {}) }));
-      const scen = scenarios.map((s) => ({ name: s.name, tags: s.tags, description: s.description, origin: s.origin, appliesTo: describeSelector(s.drivers), drivers: applicable(s, all).map((d) => d.name) }));
+      const scen = scenarios.map((s) => ({
+        name: s.name,
+        tags: s.tags,
+        description: s.description,
+        origin: s.origin,
+        appliesTo: describeSelector(s.drivers),
+        drivers: applicable(s, all).map((d) => d.name),
+        // The broken drivers expected to be caught on it (those `check` runs it on).
+        catches: all.filter((d) => d.kind === 'buggy' && (d.caughtBy ?? []).includes(s.name)).map((d) => d.name),
+      }));
       if (opts.json === true) {
         json({ scenarios: scen, drivers });
         return;
       }
-      const st = new Table({ style: PLAIN, head: ['scenario', 'tags', 'drivers', 'description', 'origin'], colWidths: [30, 20, 20, 56, 34], wordWrap: true });
-      for (const s of scen) st.push([s.name, s.tags.join(', '), s.drivers.join(', '), s.description, s.origin]);
+      const st = new Table({ style: PLAIN, head: ['scenario', 'reference drivers (catches)', 'description', 'origin'], colWidths: [30, 30, 54, 44], wordWrap: true });
+      const refs = new Set(all.filter((d) => d.kind === 'reference').map((d) => d.name));
+      for (const s of scen) st.push([s.name, [...s.drivers.filter((d) => refs.has(d)), ...s.catches.map((d) => `(${d})`)].join(', '), s.description, s.origin]);
       println('Scenarios');
       println(st.toString());
       const dt = new Table({ style: PLAIN, head: ['driver', 'API', 'kind', 'description'], colWidths: [26, 8, 11, 80], wordWrap: true });

@@ -35,6 +35,9 @@ describe('hmm-emu list', () => {
     // The 2015 scenario applies to the 2015 reference driver and its buggy variant, never to dmirror.
     expect(j.scenarios.find((s) => s.name === 'hmm2015-fault-vs-munmap')!.drivers).toEqual(['hmm2015', 'hmm2015-no-fault-start']);
     expect(j.drivers.find((d) => d.name === 'dmirror')).toMatchObject({ api: 'modern', kind: 'reference' });
+    // The broken drivers a scenario must catch (what `check` expects of them).
+    expect((j.scenarios.find((s) => s.name === 'device-fault-vs-munmap') as unknown as { catches: string[] }).catches).toEqual(['dmirror-no-tlb-flush']);
+    expect((j.scenarios.find((s) => s.name === 'anon-read') as unknown as { catches: string[] }).catches).toEqual([]);
     expect(j.drivers.find((d) => d.name === 'hmm2015-no-fault-start')).toMatchObject({ api: '2015', kind: 'buggy' });
     const text = await cli(['list']);
     expect(text.code).toBe(0);
