@@ -1,4 +1,5 @@
 /** The driver registry and the scenario catalogue, as the CLI will list them. */
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { DriverRegistry, describeSelector, selectorRejects } from 'hmm-emu/testing';
 import { ALL_DRIVERS, REFERENCE_DRIVERS, drivers, registerDriver } from '../../drivers/index.js';
@@ -80,6 +81,11 @@ describe('the scenario catalogue', () => {
     }
     for (const s of HMM_TESTS_SCENARIOS) expect(s.origin, s.name).toMatch(/^tools\/testing\/selftests\/mm\/hmm-tests\.c: (hmm2\.)?[a-z_]+$/);
     for (const s of [...RACE_SCENARIOS, ...TARGETED_SCENARIOS]) expect(s.tags, s.name).toContain('race');
+  });
+
+  it('docs/scenarios.md lists every bundled scenario with its origin', () => {
+    const doc = readFileSync(new URL('../../docs/scenarios.md', import.meta.url), 'utf8');
+    for (const s of SCENARIOS) expect(doc, s.name).toContain(`| \`${s.name}\` | ${s.origin.replace(/\|/g, '\\|')} |`);
   });
 
   it('finds a scenario by name, or by its hmm-tests spelling', () => {
