@@ -7,6 +7,10 @@
  *   'skip-zap'  the callback sets the sequence and returns without zapping anything
  *   'no-retry'  commits the snapshot without mmu_interval_read_retry (bug class 1)
  *   'no-tlb'    zaps the page table but never invalidates the TLB (bug class 5)
+ *   'no-fault'  snapshots only (no HMM_PFN_REQ_FAULT): a pte-none page cannot be mapped
+ *   'read-only-fault'  never asks for write access, and maps every page writable anyway
+ *   'cpu-pte'   maps straight from a present CPU pte (a fast path before hmm_range_fault),
+ *               taking a PROT_NONE entry (present, protnone) for a readable one
  *
  * Locks: `lock` (the update lock) protects the device page table and the TLB and pairs
  * set_seq with read_retry. The worker never holds it across hmm_range_fault.
@@ -20,11 +24,14 @@ import {
   EFAULT,
   HMM_PFN_REQ_FAULT,
   HMM_PFN_REQ_WRITE,
+  HMM_PFN_VALID,
   HMM_PFN_WRITE,
   HmmRange,
   MmuIntervalNotifier,
   Mutex,
   PAGE_SIZE,
+  PTE_PRESENT,
+  PTE_WRITE,
   type ScenarioDriver,
   ULONG_MAX_ADDR,
   hmmPfnToPfn,
@@ -37,7 +44,7 @@ import {
   mmuNotifierRangeBlockable,
 } from 'hmm-emu';
 
-export type MiniMode = 'correct' | 'skip-zap' | 'no-retry' | 'no-tlb';
+export type MiniMode = 'correct' | 'skip-zap' | 'no-retry' | 'no-tlb' | 'no-fault' | 'read-only-fault' | 'cpu-pte';
 
 const VA_END = 2 ** 48;
 
@@ -80,23 +87,35 @@ export function miniDriver(mode: MiniMode): ScenarioDriver {
           return true;
         },
       });
+      const perm = (write: boolean): number => (write ? DEV_PTE_WRITE | DEV_PTE_ATOMIC : 0);
+      const mm = req.mm;
       const fault = async (addr: number, write: boolean): Promise<number> => {
-        const range = new HmmRange({ notifier: sub, start: addr, end: addr + PAGE_SIZE, defaultFlags: HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0n) });
+        const flags = mode === 'no-fault' ? 0n : mode === 'read-only-fault' || !write ? HMM_PFN_REQ_FAULT : HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
+        const range = new HmmRange({ notifier: sub, start: addr, end: addr + PAGE_SIZE, defaultFlags: flags });
+        const vpn = addr / PAGE_SIZE;
         for (;;) {
-          if (req.mm.state !== 'live') return -EFAULT; // the mm exited: nothing to mirror
+          if (mm.state !== 'live') return -EFAULT; // the mm exited: nothing to mirror
           range.notifierSeq = await mmuIntervalReadBegin(sub);
-          await req.mm.mmapLock.downRead();
-          if (req.mm.state !== 'live') {
-            req.mm.mmapLock.upRead();
+          await mm.mmapLock.downRead();
+          if (mm.state !== 'live') {
+            mm.mmapLock.upRead();
             return -EFAULT;
           }
-          const ret = await hmmRangeFault(range);
-          req.mm.mmapLock.upRead();
+          // BUG ('cpu-pte'): a present CPU entry is taken as it stands, PROT_NONE or not.
+          const bits = mm.pgtable.bitsAt(vpn);
+          const fast = mode === 'cpu-pte' && (bits & PTE_PRESENT) !== 0 && (!write || (bits & PTE_WRITE) !== 0);
+          const fastPfn = fast ? mm.pgtable.pfnAt(vpn) : -1;
+          const ret = fast ? 0 : await hmmRangeFault(range);
+          mm.mmapLock.upRead();
           if (ret === -EBUSY) {
             stats.retries++;
             continue;
           }
           if (ret < 0) return ret;
+          const p = range.hmmPfns[0]!;
+          // BUG ('no-fault'): a snapshot without fault requests leaves pte-none pages invalid.
+          if (!fast && (p & HMM_PFN_VALID) === 0n) return -EFAULT;
+          if (!fast && write && mode !== 'read-only-fault' && (p & HMM_PFN_WRITE) === 0n) return -EFAULT;
           await e.sleep(300); // programming the device takes time: the CPU runs meanwhile
           await lock.lock();
           if (mode !== 'no-retry' && mmuIntervalReadRetry(sub, range.notifierSeq)) {
@@ -104,8 +123,9 @@ export function miniDriver(mode: MiniMode): ScenarioDriver {
             stats.retries++;
             continue;
           }
-          const p = range.hmmPfns[0]!;
-          as.map(addr, hmmPfnToPfn(p), (p & HMM_PFN_WRITE) !== 0n ? DEV_PTE_WRITE | DEV_PTE_ATOMIC : 0);
+          if (fast) as.map(addr, fastPfn, perm(write));
+          // BUG ('read-only-fault'): mapped writable though only read access was faulted in.
+          else as.map(addr, hmmPfnToPfn(p), perm(mode === 'read-only-fault' || (p & HMM_PFN_WRITE) !== 0n));
           lock.unlock();
           return 0;
         }
