@@ -3,7 +3,7 @@ export { Oracle, attachOracle, ORACLE_EVENTS } from './oracle.js';
 export type { OracleOptions, OracleStats } from './oracle.js';
 export { DeviceWatch, subName } from './watch.js';
 export type { WatchDeviceOptions, NotifierSub, ShadowEntry, Obligation } from './watch.js';
-export { ViolationReport, CoherencyViolation, COHERENCY_VIOLATION, formatEvent, formatFrame, frameInfo } from './report.js';
+export { ViolationReport, CoherencyViolation, COHERENCY_VIOLATION, formatEvent, formatEventFields, formatFrame, frameInfo } from './report.js';
 export type { FrameInfo, ViolationInit } from './report.js';
 export { ORACLE_RULES, ORACLE_CHECKS, RULE_TITLES } from './rules.js';
 export type { OracleRule, OracleCheck, CheckedRule } from './rules.js';

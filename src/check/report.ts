@@ -240,9 +240,15 @@ function formatValue(key: string, v: unknown, type: string): string {
 
 /** One event on one line: `#seq t=time type key=value ...` (addresses in hex; vpn shown as its address). */
 export function formatEvent(ev: TraceEvent): string {
-  const parts: string[] = [`#${ev.seq}`, `t=${ev.time}`, ev.type];
+  const fields = formatEventFields(ev);
+  return `#${ev.seq} t=${ev.time} ${ev.type}${fields === '' ? '' : ` ${fields}`}`;
+}
+
+/** An event's payload fields, `key=value ...`, as formatEvent writes them; keys in `omit` are left out. */
+export function formatEventFields(ev: TraceEvent, omit?: ReadonlySet<string>): string {
+  const parts: string[] = [];
   for (const [k, v] of Object.entries(ev)) {
-    if (k === 'type' || k === 'seq' || k === 'time') continue;
+    if (k === 'type' || k === 'seq' || k === 'time' || omit?.has(k) === true) continue;
     parts.push(`${k === 'vpn' ? 'page' : k}=${formatValue(k, v, ev.type)}`);
   }
   return parts.join(' ');

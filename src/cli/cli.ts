@@ -165,9 +165,8 @@ export async function runCli(argv: readonly string[], io: CliIo = {}): Promise<n
   /** A bundled scenario by name, or a scenario file (path, or path#name). */
   const getScenario = async (spec: string): Promise<{ scenario: Scenario; file?: string }> => {
     if (isScenarioFile(spec)) return loadScenarioFile(spec, cwd, importer);
-    const { scenarios } = await catalogue();
-    // hmm-tests names use underscores (anon_read); scenario names are kebab-case (anon-read).
-    const s = scenarios.find((x) => x.name === spec) ?? scenarios.find((x) => x.name === spec.replace(/_/g, '-'));
+    const { scenarios, findScenario } = await catalogue();
+    const s = findScenario(spec);
     if (s === undefined) throw new UsageError(`unknown scenario ${JSON.stringify(spec)} (known: ${scenarios.map((x) => x.name).join(', ')}; or give a scenario file path)`);
     return { scenario: s };
   };

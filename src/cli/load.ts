@@ -13,6 +13,8 @@ import { type DriverRegistry, type Scenario, type ScenarioDriver, checkScenarioD
 export interface Bundled {
   readonly scenarios: readonly Scenario[];
   readonly registry: DriverRegistry;
+  /** The catalogue's own lookup (scenarios/index.ts findScenario: hmm-tests spellings too). */
+  readonly findScenario: (name: string) => Scenario | undefined;
 }
 
 /** Imports one module file by absolute path (the indirection tests replace). */
@@ -52,7 +54,9 @@ export function bundledFrom(scenariosModule: Record<string, unknown>, driversMod
   const registry = driversModule['drivers'];
   if (!Array.isArray(scenarios) || !scenarios.every(isScenario)) throw new Error('the bundled scenarios module does not export SCENARIOS');
   if (!isRegistry(registry)) throw new Error('the bundled drivers module does not export the drivers registry');
-  return { scenarios: scenarios as Scenario[], registry };
+  const find = scenariosModule['findScenario'];
+  if (typeof find !== 'function') throw new Error('the bundled scenarios module does not export findScenario');
+  return { scenarios: scenarios as Scenario[], registry, findScenario: find as Bundled['findScenario'] };
 }
 
 /** Loads the bundled catalogue from the package root (the default `loadBundled`). */
@@ -69,30 +73,41 @@ export function isScenarioFile(spec: string): boolean {
 }
 
 /**
- * The scenarios a file exports. `spec` is `path` or `path#name` (to pick one of several).
- * UsageError naming the file if it cannot be read, fails to load, or exports no scenario.
+ * The values of kind `what` a user's file exports, by name, picked by `spec` (`path` or
+ * `path#name`). UsageError naming the file if it does not exist, fails to load, exports none,
+ * exports several and `spec` picks none, or picks a name it does not export. `collect` returns
+ * the value's name if an export is one (throwing to say it is malformed), else null.
  */
-export async function loadScenarioFile(spec: string, cwd: string, importer: ModuleImporter): Promise<{ file: string; scenario: Scenario }> {
+async function loadFromFile<T>(what: string, spec: string, cwd: string, importer: ModuleImporter, collect: (key: string, v: unknown, file: string) => [string, T] | null): Promise<{ file: string; value: T }> {
   const hash = spec.lastIndexOf('#');
   const file = path.resolve(cwd, hash >= 0 ? spec.slice(0, hash) : spec);
   const pick = hash >= 0 ? spec.slice(hash + 1) : undefined;
-  if (!existsSync(file)) throw new UsageError(`scenario file ${file} does not exist`);
+  if (!existsSync(file)) throw new UsageError(`${what} file ${file} does not exist`);
   let mod: Record<string, unknown>;
   try {
     mod = await importer(file);
   } catch (e) {
-    throw new UsageError(`scenario file ${file} failed to load: ${e instanceof Error ? e.message : String(e)}`);
+    throw new UsageError(`${what} file ${file} failed to load: ${e instanceof Error ? e.message : String(e)}`);
   }
-  const found = new Map<string, Scenario>();
-  for (const v of Object.values(mod)) if (isScenario(v)) found.set(v.name, v);
-  if (found.size === 0) throw new UsageError(`scenario file ${file} is malformed: it exports no scenario (a value returned by defineScenario)`);
+  const found = new Map<string, T>();
+  for (const [k, v] of Object.entries(mod)) {
+    const got = collect(k, v, file);
+    if (got !== null) found.set(got[0], got[1]);
+  }
+  if (found.size === 0) throw new UsageError(`${what} file ${file} is malformed: it exports no ${what} (${what === 'scenario' ? 'a value returned by defineScenario' : 'a ScenarioDriver object: name, description, api, kind, features, bind'})`);
   if (pick !== undefined) {
-    const s = found.get(pick);
-    if (s === undefined) throw new UsageError(`scenario file ${file} exports no scenario named ${JSON.stringify(pick)} (it exports: ${[...found.keys()].join(', ')})`);
-    return { file, scenario: s };
+    const v = found.get(pick);
+    if (v === undefined) throw new UsageError(`${what} file ${file} exports no ${what} named ${JSON.stringify(pick)} (it exports: ${[...found.keys()].join(', ')})`);
+    return { file, value: v };
   }
-  if (found.size > 1) throw new UsageError(`scenario file ${file} exports ${found.size} scenarios (${[...found.keys()].join(', ')}): pick one with ${file}#<name>`);
-  return { file, scenario: [...found.values()][0]! };
+  if (found.size > 1) throw new UsageError(`${what} file ${file} exports ${found.size} ${what}s (${[...found.keys()].join(', ')}): pick one with ${file}#<name>`);
+  return { file, value: [...found.values()][0]! };
+}
+
+/** The scenario a user's scenario file exports (`path`, or `path#name` to pick one of several). */
+export async function loadScenarioFile(spec: string, cwd: string, importer: ModuleImporter): Promise<{ file: string; scenario: Scenario }> {
+  const { file, value } = await loadFromFile<Scenario>('scenario', spec, cwd, importer, (_k, v) => (isScenario(v) ? [v.name, v] : null));
+  return { file, scenario: value };
 }
 
 /** True if the value looks like a driver adapter (then checkScenarioDriver says what is wrong with it). */
@@ -100,38 +115,16 @@ function looksLikeDriver(v: unknown): boolean {
   return v !== null && typeof v === 'object' && typeof (v as { bind?: unknown }).bind === 'function' && typeof (v as { name?: unknown }).name === 'string';
 }
 
-/**
- * The driver adapters (ScenarioDriver objects) a user's driver file exports. `spec` is `path`
- * or `path#name`. UsageError naming the file if it cannot be read, fails to load, exports no
- * driver, or exports a malformed one (with checkScenarioDriver's message).
- */
+/** The driver adapter (ScenarioDriver) a user's driver file exports; a malformed one is named with checkScenarioDriver's message. */
 export async function loadDriverFile(spec: string, cwd: string, importer: ModuleImporter): Promise<{ file: string; driver: ScenarioDriver }> {
-  const hash = spec.lastIndexOf('#');
-  const file = path.resolve(cwd, hash >= 0 ? spec.slice(0, hash) : spec);
-  const pick = hash >= 0 ? spec.slice(hash + 1) : undefined;
-  if (!existsSync(file)) throw new UsageError(`driver file ${file} does not exist`);
-  let mod: Record<string, unknown>;
-  try {
-    mod = await importer(file);
-  } catch (e) {
-    throw new UsageError(`driver file ${file} failed to load: ${e instanceof Error ? e.message : String(e)}`);
-  }
-  const found = new Map<string, ScenarioDriver>();
-  for (const [k, v] of Object.entries(mod)) {
-    if (!looksLikeDriver(v)) continue;
+  const { file, value } = await loadFromFile<ScenarioDriver>('driver', spec, cwd, importer, (k, v, f) => {
+    if (!looksLikeDriver(v)) return null;
     try {
-      const d = checkScenarioDriver(v, `driver file ${file}: export ${k}`);
-      found.set(d.name, d);
+      const d = checkScenarioDriver(v, `driver file ${f}: export ${k}`);
+      return [d.name, d];
     } catch (e) {
-      throw new UsageError(`driver file ${file} is malformed: ${e instanceof Error ? e.message : String(e)}`);
+      throw new UsageError(`driver file ${f} is malformed: ${e instanceof Error ? e.message : String(e)}`);
     }
-  }
-  if (found.size === 0) throw new UsageError(`driver file ${file} is malformed: it exports no driver (a ScenarioDriver object: name, description, api, kind, features, bind)`);
-  if (pick !== undefined) {
-    const d = found.get(pick);
-    if (d === undefined) throw new UsageError(`driver file ${file} exports no driver named ${JSON.stringify(pick)} (it exports: ${[...found.keys()].join(', ')})`);
-    return { file, driver: d };
-  }
-  if (found.size > 1) throw new UsageError(`driver file ${file} exports ${found.size} drivers (${[...found.keys()].join(', ')}): pick one with ${file}#<name>`);
-  return { file, driver: [...found.values()][0]! };
+  });
+  return { file, driver: value };
 }

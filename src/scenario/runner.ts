@@ -298,23 +298,34 @@ export function collectStats(r: RunResult, run: RunState): ScenarioStats {
  * `parent=` / `child=` fields of mm.create and mm.fork events, become run-local.
  */
 export function normalizeMmIds(text: string, ids: ReadonlyMap<number, number>): string {
-  const local = (id: string): string => String(ids.get(Number(id)) ?? `?${id}`);
   return text
     .split('\n')
     .map((line) => {
-      let l = line.replace(/^(\s*mm: .* \(#)(\d+)(\))$/, (_m, a: string, id: string, b: string) => `${a}${local(id)}${b}`);
-      l = l.replace(/(^|\s)mm=(\d+)\b/g, (_m, sp: string, id: string) => `${sp}mm=${local(id)}`);
-      if (/\smm\.(fork|create)\s/.test(l)) l = l.replace(/(\s)(parent|child)=(\d+)\b/g, (_m, sp: string, k: string, id: string) => `${sp}${k}=${local(id)}`);
-      return l;
+      const l = line.replace(/^(\s*mm: .* \(#)(\d+)(\))$/, (_m, a: string, id: string, b: string) => `${a}${localMmId(id, ids)}${b}`);
+      return localizeMmFields(l, ids, /\smm\.(fork|create)\s/.test(l));
     })
     .join('\n');
+}
+
+function localMmId(id: string, ids: ReadonlyMap<number, number>): string {
+  return String(ids.get(Number(id)) ?? `?${id}`);
+}
+
+/** Renumbers `mm=` fields (and `parent=` / `child=`, for an mm.fork or mm.create event) in `key=value` text. */
+function localizeMmFields(text: string, ids: ReadonlyMap<number, number>, forkOrCreate: boolean): string {
+  let l = text.replace(/(^|\s)mm=(\d+)\b/g, (_m, sp: string, id: string) => `${sp}mm=${localMmId(id, ids)}`);
+  if (forkOrCreate) l = l.replace(/(^|\s)(parent|child)=(\d+)\b/g, (_m, sp: string, k: string, id: string) => `${sp}${k}=${localMmId(id, ids)}`);
+  return l;
 }
 
 /** The timeline with run-local mm ids (as reports have them), so that a replay prints the same lines. */
 function normalizeTimeline(t: Timeline, ids: ReadonlyMap<number, number>): Timeline {
   return {
     dropped: t.dropped,
-    entries: t.entries.map((e) => ({ ...e, text: normalizeMmIds(` ${e.type} ${e.text}`, ids).slice(e.type.length + 2), lastText: e.lastText === null ? null : normalizeMmIds(` ${e.type} ${e.lastText}`, ids).slice(e.type.length + 2) })),
+    entries: t.entries.map((e) => {
+      const fc = e.type === 'mm.fork' || e.type === 'mm.create';
+      return { ...e, text: localizeMmFields(e.text, ids, fc), lastText: e.lastText === null ? null : localizeMmFields(e.lastText, ids, fc) };
+    }),
   };
 }
 

@@ -15,7 +15,7 @@
  *
  * No locks: listeners run synchronously at each emit.
  */
-import { formatEvent } from '../check/index.js';
+import { formatEventFields } from '../check/index.js';
 import { EINVAL, type Engine, KernelError, type TraceEvent, type TraceEventType } from '../sim/index.js';
 
 declare module '../sim/trace.js' {
@@ -100,12 +100,12 @@ const ADDRESS_FIELDS = new Set(['addr', 'address', 'start', 'end', 'vpn', 'pfn',
 /** Fields shown elsewhere (the line's time, sequence, type and task). */
 const HIDDEN_FIELDS = new Set(['type', 'seq', 'time']);
 
+/** Payload fields the task column already says: task ids, and a spawned task's parent (an mm's parent stays). */
+const TASK_FIELDS: ReadonlySet<string> = new Set(['task']);
+const SPAWN_FIELDS: ReadonlySet<string> = new Set(['task', 'parent']);
+
 function fields(ev: TraceEvent): string {
-  const s = formatEvent(ev);
-  // formatEvent: `#seq t=time type k=v ...`: keep the fields only.
-  // The task column says who ran; task ids and parents are noise here.
-  const cut = s.indexOf(' ', s.indexOf(' ', s.indexOf(' ') + 1) + 1);
-  return cut < 0 ? '' : s.slice(cut + 1).replace(/(^| )(task|parent)=\S*/g, '').trimStart();
+  return formatEventFields(ev, ev.type === 'task.spawn' ? SPAWN_FIELDS : TASK_FIELDS);
 }
 
 function foldKey(ev: TraceEvent, task: string): string {

@@ -4,7 +4,7 @@ import type { KernelError} from 'hmm-emu';
 import { EINVAL, PAGE_SIZE, cpuRead64, cpuWrite64, munmap } from 'hmm-emu';
 import { SNAPSHOT, compareScenario, defineScenario, deviceTask, mergeFaultLatency, renderTimeline, replayScenario, runScenario } from 'hmm-emu/testing';
 import { drivers } from '../../drivers/index.js';
-import { deviceFaultVsMunmap } from '../../scenarios/index.js';
+import { deviceFaultVsMunmap, forkWhileMirrored } from '../../scenarios/index.js';
 
 const BUF = 0x10_0000_0000;
 
@@ -69,6 +69,14 @@ describe('the event timeline', () => {
     const again = await replayScenario(deviceFaultVsMunmap, 'mockgpu', r.schedule, { registry: drivers, timeline: true });
     expect(renderTimeline(again.timeline!)).toBe(renderTimeline(r.timeline!));
     expect(renderTimeline(r.timeline!)).toMatch(/ mm=1 /);
+  });
+
+  it('keeps an mm.fork line\'s parent and child, renumbered per run as reports are', async () => {
+    const r = await runScenario(forkWhileMirrored, { driver: 'dmirror', registry: drivers, seed: 4, timeline: true });
+    const fork = r.timeline!.entries.find((e) => e.type === 'mm.fork')!;
+    expect(fork.text).toBe('parent=1 child=2');
+    const spawn = r.timeline!.entries.find((e) => e.type === 'task.spawn')!;
+    expect(spawn.text).toBe('name=scenario');
   });
 
   it('selects event types by name or prefix, or all of them, and keeps at most `limit` lines', async () => {
