@@ -217,21 +217,7 @@ export class MockGpuMemory {
    * moved to device memory. `firstTouch` only tags the statistics.
    */
   async migrateRange(svmm: MockGpuSvmm, start: number, end: number, firstTouch = false): Promise<number> {
-    const mm = svmm.mm;
-    let moved = 0;
-    await mm.mmapLock.downRead();
-    try {
-      for (let addr = start - (start % PAGE_SIZE); addr < end; ) {
-        const vma = mm.vmas.findVma(addr);
-        if (vma === null || vma.start >= end) break;
-        if (addr < vma.start) addr = vma.start;
-        const next = Math.min(end, vma.end, addr + CHUNK_PAGES * PAGE_SIZE);
-        if (vma.shmem === null && (vma.flags & VM_READ) !== 0) moved += await this.migrateChunkToDevice(svmm, vma, addr, next);
-        addr = next;
-      }
-    } finally {
-      mm.mmapLock.upRead();
-    }
+    const moved = await forEachAnonChunk(svmm.mm, start, end, (vma, s, e) => ((vma.flags & VM_READ) !== 0 ? this.migrateChunkToDevice(svmm, vma, s, e) : Promise.resolve(0)));
     if (firstTouch) this.gpu.stats.firstTouchMigrations++;
     return moved;
   }
@@ -296,24 +282,7 @@ export class MockGpuMemory {
 
   /** Moves the device pages of [start, end) of `mm` to system memory. Takes mmap_lock (read). Returns pages moved. */
   async migrateRangeToSystem(mm: MmStruct, start: number, end: number): Promise<number> {
-    let moved = 0;
-    await mm.mmapLock.downRead();
-    try {
-      for (let addr = start - (start % PAGE_SIZE); addr < end; ) {
-        const vma = mm.vmas.findVma(addr);
-        if (vma === null || vma.start >= end) break;
-        if (addr < vma.start) addr = vma.start;
-        const next = Math.min(end, vma.end, addr + CHUNK_PAGES * PAGE_SIZE);
-        if (vma.shmem === null) {
-          const r = await this.migrateChunkToSystem(mm, vma, addr, next, 0);
-          if (r > 0) moved += r;
-        }
-        addr = next;
-      }
-    } finally {
-      mm.mmapLock.upRead();
-    }
-    return moved;
+    return forEachAnonChunk(mm, start, end, async (vma, s, e) => Math.max(0, await this.migrateChunkToSystem(mm, vma, s, e, 0)));
   }
 
   /** Moves every device page of `mm` back to system memory (unbind). Takes mmap_lock (read). Returns pages moved. */
@@ -391,5 +360,28 @@ export class MockGpuMemory {
 function countMoved(src: BigUint64Array, dst: BigUint64Array, n: number): number {
   let moved = 0;
   for (let i = 0; i < n; i++) if (src[i]! & MIGRATE_PFN_MIGRATE && dst[i]! & MIGRATE_PFN_VALID) moved++;
+  return moved;
+}
+
+/**
+ * Calls `fn` on each chunk (at most CHUNK_PAGES pages, within one VMA) of the anonymous
+ * private VMAs over [start, end) of `mm`, under mmap_lock (read), up to the first hole; returns
+ * the sum of what `fn` returned (pages moved).
+ */
+async function forEachAnonChunk(mm: MmStruct, start: number, end: number, fn: (vma: Vma, s: number, e: number) => Promise<number>): Promise<number> {
+  let moved = 0;
+  await mm.mmapLock.downRead();
+  try {
+    for (let addr = start - (start % PAGE_SIZE); addr < end; ) {
+      const vma = mm.vmas.findVma(addr);
+      if (vma === null || vma.start >= end) break;
+      if (addr < vma.start) addr = vma.start;
+      const next = Math.min(end, vma.end, addr + CHUNK_PAGES * PAGE_SIZE);
+      if (vma.shmem === null) moved += await fn(vma, addr, next);
+      addr = next;
+    }
+  } finally {
+    mm.mmapLock.upRead();
+  }
   return moved;
 }
